@@ -1,0 +1,72 @@
+"""RFC 6962 / RFC 9162 Merkle tree hash and inclusion proofs.
+
+Leaves are already leaf hashes (``record.leaf_hash``). The tree is built bottom-up,
+carrying an unpaired last node up a level unchanged; that is the same tree as RFC 6962's
+recursive split at the largest power of two below n (tests check both agree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+_sha256 = hashlib.sha256
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return _sha256(b"\x01" + left + right).digest()
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    """Merkle tree hash of leaf hashes; SHA-256("") for none."""
+    level = list(leaves)
+    if not level:
+        return EMPTY_ROOT
+    while len(level) > 1:
+        odd = level[-1] if len(level) & 1 else None
+        level = [_sha256(b"\x01" + a + b).digest() for a, b in zip(level[0::2], level[1::2])]
+        if odd is not None:
+            level.append(odd)
+    return level[0]
+
+
+def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """Audit path for ``leaves[index]`` (RFC 6962 §2.1.1), bottom to top."""
+    if not 0 <= index < len(leaves):
+        raise IndexError(f"leaf {index} not in a tree of {len(leaves)}")
+    proof: list[bytes] = []
+    level = list(leaves)
+    i = index
+    while len(level) > 1:
+        sibling = i ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        odd = level[-1] if len(level) & 1 else None
+        level = [node_hash(a, b) for a, b in zip(level[0::2], level[1::2])]
+        if odd is not None:
+            level.append(odd)
+        i //= 2
+    return proof
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes) -> bool:
+    """RFC 9162 §2.1.3.2 inclusion-proof check; never raises on bad input."""
+    if not (0 <= index < size) or any(not isinstance(p, bytes) or len(p) != 32 for p in proof):
+        return False
+    fn, sn = index, size - 1
+    r = leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == expected_root
