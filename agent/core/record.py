@@ -55,7 +55,6 @@ def decode(data: bytes) -> dict[str, Any]:
             data,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=MAX_RECORD_BYTES,
             max_str_len=MAX_RECORD_BYTES,
             max_bin_len=MAX_RECORD_BYTES,
             max_array_len=4096,
