@@ -30,6 +30,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "v": int, "dev": str, "boot": int, "cp": int, "first": int, "last": int, "n": int,
     "root": bytes, "prev_cp": bytes, "kid": str, "fs": bytes,
 }
+_ORDER_SET = frozenset(_REQUIRED) | {"mono", "wall", "why", "nk"}
 
 
 def genesis_hash(device_id: str) -> bytes:
@@ -76,12 +77,29 @@ def _dumps(obj: Any) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
+def _canonical_rank(key: str) -> tuple[int, bytes]:
+    encoded = cbor2.dumps(key)
+    return len(encoded), encoded
+
+
+# Canonical CBOR (RFC 7049 §3.9, as cbor2 does it) sorts map keys by encoded length, then
+# bytes. Building the payload in that order lets plain ``dumps`` produce canonical bytes
+# at half the cost; ``parse`` re-checks canonical form, so a mistake here cannot pass.
+_ORDER = sorted(list(_REQUIRED) + ["mono", "wall", "why", "nk"], key=_canonical_rank)
+
+
+def _ordered(payload: dict[str, Any]) -> bytes:
+    if payload.keys() <= _ORDER_SET:
+        return cbor2.dumps({k: payload[k] for k in _ORDER if k in payload})
+    return _dumps(payload)
+
+
 def seal(fields: dict[str, Any], signer: Signer, fs_key: bytes) -> bytes:
     """Build and sign a checkpoint message from its payload fields (without kid/fs/v)."""
     payload = {"v": VERSION, **fields, "kid": signer.kid}
-    unsigned = _dumps(payload)
+    unsigned = _ordered(payload)
     payload["fs"] = fs_tag(bytes(fs_key), unsigned)
-    return cose.sign1(_dumps(payload), signer)
+    return cose.sign1(_ordered(payload), signer)
 
 
 def parse(message: bytes) -> Checkpoint:

@@ -6,6 +6,7 @@ tag 18. Any standard COSE library verifies these (a test uses pycose).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cbor2
@@ -30,13 +31,19 @@ class Sign1:
 
 
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:
-    return cbor2.dumps(["Signature1", protected, b"", payload], canonical=True)
+    # Arrays of byte/text strings: the encoding is deterministic without key sorting.
+    return cbor2.dumps(["Signature1", protected, b"", payload])
+
+
+@functools.lru_cache(maxsize=64)
+def _protected(alg: str, kid: str) -> bytes:
+    return cbor2.dumps({1: COSE_ALG[alg], 4: bytes.fromhex(kid)}, canonical=True)
 
 
 def sign1(payload: bytes, signer: Signer) -> bytes:
-    protected = cbor2.dumps({1: COSE_ALG[signer.alg], 4: bytes.fromhex(signer.kid)}, canonical=True)
+    protected = _protected(signer.alg, signer.kid)
     signature = signer.sign(_sig_structure(protected, payload))
-    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]), canonical=True)
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
 
 
 def parse1(message: bytes) -> Sign1:
