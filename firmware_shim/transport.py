@@ -1,0 +1,168 @@
+"""Byte transport from the shim to the agent: a Unix socket or TCP, never blocking past
+the timeout the caller gives.
+
+    address "unix:/run/veritrail/agent.sock" | "tcp:192.168.4.1:7878" | ("host", port)
+
+Every OSError is translated here into `TransportError` (connection unusable: close and
+reconnect). A transport is any object with `connect(timeout_ms)`, `send(data, timeout_ms)
+-> int`, `recv(timeout_ms) -> bytes` (b"" when nothing arrived in time) and `close()`;
+tests inject their own.
+
+Portable core: runs unchanged on CPython and MicroPython.
+"""
+
+import errno
+
+try:
+    import socket
+except ImportError:  # pragma: no cover - older MicroPython ports
+    import usocket as socket  # type: ignore[import-not-found, no-redef]
+
+try:
+    import select
+except ImportError:  # pragma: no cover
+    import uselect as select  # type: ignore[import-not-found, no-redef]
+
+__all__ = ["SocketTransport", "TransportError", "parse_address"]
+
+_WOULD_BLOCK = (errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN), errno.ETIMEDOUT)
+_RECV_CHUNK = 65536
+
+
+class TransportError(Exception):
+    """The connection failed or was closed; `reason` is a short code for counters."""
+
+    def __init__(self, reason):
+        Exception.__init__(self, reason)
+        self.reason = reason
+
+
+def _reason(exc):
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else getattr(exc, "errno", None)
+    if code == errno.ECONNREFUSED:
+        return "refused"
+    if code == errno.ENOENT:
+        return "no_socket"
+    if code in (errno.ECONNRESET, getattr(errno, "EPIPE", -1)):
+        return "reset"
+    if code in _WOULD_BLOCK or code == errno.EINPROGRESS:
+        return "timeout"
+    return "os_error"
+
+
+def parse_address(address):
+    """Return (family_name, target) for an address string or a (host, port) tuple."""
+    if isinstance(address, tuple):
+        return "tcp", address
+    if not isinstance(address, str):
+        raise ValueError("agent address must be a str or (host, port), got %s" % type(address).__name__)
+    if address.startswith("unix:"):
+        path = address[5:]
+        if not path:
+            raise ValueError("agent address %r has no socket path" % address)
+        return "unix", path
+    if address.startswith("tcp:"):
+        host, sep, port = address[4:].rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("agent address %r is not tcp:HOST:PORT" % address)
+        return "tcp", (host, int(port))
+    raise ValueError("agent address %r must start with unix: or tcp:" % address)
+
+
+def _is_timeout(exc):
+    timeout_type = getattr(socket, "timeout", None)
+    if timeout_type is not None and isinstance(exc, timeout_type):
+        return True
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else getattr(exc, "errno", None)
+    return code in _WOULD_BLOCK
+
+
+class SocketTransport:
+    def __init__(self, address):
+        self.kind, self.target = parse_address(address)
+        self._sock = None
+        self._poll_in = None
+        self._poll_out = None
+
+    @property
+    def connected(self):
+        return self._sock is not None
+
+    def connect(self, timeout_ms):
+        self.close()
+        try:
+            if self.kind == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # type: ignore[attr-defined]
+                target = self.target
+            else:
+                info = socket.getaddrinfo(self.target[0], self.target[1], 0, socket.SOCK_STREAM)[0]
+                sock = socket.socket(info[0], socket.SOCK_STREAM)
+                target = info[-1]
+        except (OSError, AttributeError, IndexError) as exc:
+            raise TransportError("resolve" if not isinstance(exc, OSError) else _reason(exc))
+        try:
+            sock.settimeout(max(timeout_ms, 1) / 1000)
+            sock.connect(target)
+            sock.settimeout(0)
+        except OSError as exc:
+            sock.close()
+            raise TransportError("timeout" if _is_timeout(exc) else _reason(exc))
+        self._sock = sock
+        self._poll_in = select.poll()
+        self._poll_in.register(sock, select.POLLIN)
+        self._poll_out = select.poll()
+        self._poll_out.register(sock, select.POLLOUT)
+
+    def close(self):
+        sock = self._sock
+        self._sock = None
+        self._poll_in = None
+        self._poll_out = None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _fail(self, exc):
+        self.close()
+        return TransportError(_reason(exc))
+
+    def send(self, data, timeout_ms):
+        """Send a prefix of `data`; return how many bytes went (0 if none within timeout)."""
+        sock = self._sock
+        if sock is None:
+            raise TransportError("not_connected")
+        try:
+            return sock.send(data)
+        except OSError as exc:
+            if not _is_timeout(exc):
+                raise self._fail(exc)
+        if timeout_ms <= 0 or not self._poll_out.poll(timeout_ms):  # type: ignore[union-attr]
+            return 0
+        try:
+            return sock.send(data)
+        except OSError as exc:
+            if _is_timeout(exc):
+                return 0
+            raise self._fail(exc)
+
+    def recv(self, timeout_ms):
+        """Bytes that arrived within `timeout_ms` (b"" if none); raises when the peer closed."""
+        sock = self._sock
+        if sock is None:
+            raise TransportError("not_connected")
+        for attempt in (0, 1):
+            try:
+                data = sock.recv(_RECV_CHUNK)
+            except OSError as exc:
+                if not _is_timeout(exc):
+                    raise self._fail(exc)
+                if attempt or timeout_ms <= 0 or not self._poll_in.poll(timeout_ms):  # type: ignore[union-attr]
+                    return b""
+                continue
+            if not data:
+                self.close()
+                raise TransportError("closed")
+            return data
+        return b""
