@@ -32,10 +32,11 @@ _REC_FIELDS = ("src", "sub", "st", "lat", "rq", "rs")
 
 class _Entry:
     # kind: "rec" | "upd" | "chk" | "drop" | "hello"; state of a chk: "queued" | "sent"
-    def __init__(self, frame, kind, cid=None):
+    def __init__(self, frame, kind, cid=None, priority=False):
         self.frame = frame
         self.kind = kind
         self.cid = cid
+        self.priority = priority
         self.state = "queued"
 
 
@@ -51,6 +52,7 @@ class Shim:
         self._q_lock = compat.make_lock()
         self._queue = []
         self._queued_bytes = 0
+        self._queued_recs = 0
         self._pending_drops = {}
         self._twin = {}
         self._out = None
@@ -74,6 +76,9 @@ class Shim:
 
     def record(self, api, src=None, sub=None, st=None, lat=None, rq=None, rs=None, kind=None, **extra):
         """Record one call. Never raises; bounded time."""
+        self._record(api, src, sub, st, lat, rq, rs, kind, extra, False)
+
+    def _record(self, api, src, sub, st, lat, rq, rs, kind, extra, priority):
         try:
             if not isinstance(api, str) or not api:
                 self._drop("invalid", 1)
@@ -96,7 +101,7 @@ class Shim:
                 self._drop("unencodable", 1)
                 return
             self._count("records")
-            self._enqueue(_Entry(frame, "rec"))
+            self._enqueue(_Entry(frame, "rec", None, priority))
             self._io_from_caller()
         except Exception:  # noqa: BLE001 - the promise is "never raises"; counted
             self._count("record_errors")
@@ -257,17 +262,25 @@ class Shim:
         return entries
 
     def _enqueue(self, entry):
+        """Append to the ring. Records count against `ring_frames`/`ring_bytes`; the shim's
+        own security records (`priority`) may also use a reserve of a quarter more; checks,
+        twin and drop frames are bounded elsewhere (one per waiting caller, `twin_keys`)."""
         compat.acquire(self._q_lock, 1000)
         try:
             size = len(entry.frame)
             if entry.kind == "rec":
-                if len(self._queue) >= self.config.ring_frames or self._queued_bytes + size > self.config.ring_bytes:
+                frames, limit_bytes = self.config.ring_frames, self.config.ring_bytes
+                if entry.priority:
+                    frames += max(1, frames // 4)
+                    limit_bytes += limit_bytes // 4
+                if self._queued_recs >= frames or self._queued_bytes + size > limit_bytes:
                     self._drop("ring_overflow", 1)
                     return False
-                if self._pending_drops:
-                    for drop in self._drop_entries():  # mark the gap before the next record
-                        self._queue.append(drop)
-                        self._queued_bytes += len(drop.frame)
+                self._queued_recs += 1
+            if self._pending_drops:
+                for drop in self._drop_entries():  # mark the gap where it is
+                    self._queue.append(drop)
+                    self._queued_bytes += len(drop.frame)
             self._queue.append(entry)
             self._queued_bytes += size
             return True
@@ -281,7 +294,7 @@ class Shim:
             return
         compat.acquire(self._q_lock, 1000)
         try:
-            if not force and len(self._queue) >= self.config.ring_frames:
+            if not force and self._queued_recs >= self.config.ring_frames:
                 return
             twin = self._twin
             self._twin = {}
@@ -350,6 +363,9 @@ class Shim:
             front = []
             if self._out is not None:  # partly sent on the old connection: resend whole
                 front.append(self._out)
+                self._queued_bytes += len(self._out.frame)
+                if self._out.kind == "rec":
+                    self._queued_recs += 1
                 self._out = None
             for cid in sorted(self._awaiting):  # sent but unanswered checks: ask again
                 entry = self._awaiting[cid]
@@ -393,6 +409,8 @@ class Shim:
                             break
                         self._out = self._queue.pop(0)
                         self._queued_bytes -= len(self._out.frame)
+                        if self._out.kind == "rec":
+                            self._queued_recs -= 1
                         self._out_pos = 0
                     finally:
                         self._q_lock.release()
@@ -453,13 +471,10 @@ class Shim:
         action = self.config.fail_policy.action_for(command)
         self._count("check_fallbacks")
         self._count("check_fallback_" + reason)
-        self.record(
-            "shim.check_fallback",
-            sub=command if isinstance(command, str) else None,
-            st=action,
-            reason=reason,
-            policy=self.config.fail_policy.mode_for(command) if isinstance(command, str) else "invalid",
-        )
+        policy = self.config.fail_policy.mode_for(command) if isinstance(command, str) else "invalid"
+        sub = command if isinstance(command, str) else None
+        extra = {"reason": reason, "policy": policy}
+        self._record("shim.check_fallback", None, sub, action, None, None, None, None, extra, True)
         return Verdict(action, "fallback", reason)
 
     # -- background pump (CPython) --------------------------------------------------------
