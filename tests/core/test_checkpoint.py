@@ -1,0 +1,64 @@
+"""Checkpoints are standard COSE_Sign1: an independent implementation (pycose) verifies them."""
+
+import cbor2
+import pytest
+from hypothesis import given, settings, strategies as st
+from pycose.keys import EC2Key, OKPKey
+from pycose.messages import Sign1Message
+
+from agent.core import checkpoint
+from agent.core.errors import CheckpointMalformed
+from tests.core.helpers import Device
+
+
+@pytest.mark.parametrize("alg", ["Ed25519", "ES256"])
+def test_pycose_verifies_our_checkpoints(alg):
+    d = Device(alg=alg)
+    message, _ = d.batch(10)
+    msg = Sign1Message.decode(message)
+    pub = d.signer.public_bytes()
+    msg.key = OKPKey(crv="Ed25519", x=pub) if alg == "Ed25519" else EC2Key(crv="P_256", x=pub[1:33], y=pub[33:])
+    assert msg.verify_signature()
+    payload = cbor2.loads(msg.payload)
+    assert payload["cp"] == 0 and payload["n"] == 10 and payload["dev"] == "dev-A"
+    # and a flipped payload byte makes pycose refuse it too
+    tampered = Sign1Message.decode(message)
+    tampered.payload = msg.payload[:-1] + bytes([msg.payload[-1] ^ 1])
+    tampered.key = msg.key
+    assert not tampered.verify_signature()
+
+
+def test_parse_round_trip_and_fields():
+    d = Device()
+    d.batch(3)
+    message, _ = d.batch(2)
+    cp = checkpoint.parse(message)
+    assert (cp.cp, cp.first, cp.last, cp.n, cp.kid, cp.why) == (1, 3, 4, 2, d.signer.kid, "size")
+    assert cp.prev_cp == checkpoint.message_hash(d.items[0][0])
+
+
+def test_first_checkpoint_links_to_genesis():
+    d = Device(device_id="charger-7")
+    message, _ = d.batch(1)
+    assert checkpoint.parse(message).prev_cp == checkpoint.genesis_hash("charger-7")
+
+
+def test_non_canonical_payload_is_refused():
+    d = Device()
+    message, _ = d.batch(1)
+    cp = checkpoint.parse(message)
+    payload = cbor2.loads(cp.sign1.payload)
+    reordered = dict(reversed(list(payload.items())))
+    from agent.core import cose
+    forged = cose.sign1(cbor2.dumps(reordered), d.signer)
+    with pytest.raises(CheckpointMalformed):
+        checkpoint.parse(forged)
+
+
+@given(st.binary(max_size=400))
+@settings(max_examples=500)
+def test_parse_any_bytes_gives_checkpoint_or_our_error(data):
+    try:
+        checkpoint.parse(data)
+    except CheckpointMalformed:
+        pass
