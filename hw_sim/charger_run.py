@@ -159,10 +159,13 @@ class ChargerSession:
     async def _physics(self) -> None:
         cfg = self.config
         since_meter = 0.0
+        last = self.clock.mono_ms()
         while True:
             await self.clock.sleep(cfg.physics_interval_s)
-            self.model.tick(cfg.physics_interval_s)
-            since_meter += cfg.physics_interval_s
+            now = self.clock.mono_ms()
+            elapsed_s, last = (now - last) / 1000, now
+            self.model.tick(elapsed_s)
+            since_meter += elapsed_s
             if since_meter >= cfg.meter_interval_s:
                 since_meter = 0.0
                 for c in self.model.connectors.values():

@@ -186,8 +186,9 @@ async def test_ocpp16_interop_boot_status_tx_unlock_reset_firmware():
         res = await csms.call(c16.UpdateFirmware(location="https://fw.vendor.example/vs22-1.5.0.bin",
                                                  retrieve_date=_now()))
         await wait_for(lambda: model.firmware_version == "1.5.0")
-        statuses = [k["status"] for a, k in csms.seen if a == "FirmwareStatusNotification"]
-        assert statuses[:3] == ["Downloading", "Downloaded", "Installing"] and "Installed" in statuses
+        fw = lambda: [k["status"] for a, k in csms.seen if a == "FirmwareStatusNotification"]  # noqa: E731
+        await wait_for(lambda: "Installed" in fw())
+        assert fw()[:4] == ["Downloading", "Downloaded", "Installing", "Installed"]
 
         boots = _names(csms.seen).count("BootNotification")
         res = await csms.call(c16.Reset(type="Soft"))
