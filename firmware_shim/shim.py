@@ -334,7 +334,7 @@ class Shim:
             if self._connected:
                 self._since_read += 1
                 read_ms = 0 if self._since_read >= 32 or self._awaiting else None
-                self._io_step(self.config.record_budget_ms, read_ms, None)
+                self._io_step(self.config.record_budget_ms, read_ms, None, False)
         finally:
             self._io_lock.release()
 
@@ -387,9 +387,10 @@ class Shim:
         self._transport.close()
         self._decoder = None
 
-    def _io_step(self, budget_ms, read_ms, want_cid):
-        """Send queued frames for up to `budget_ms`; then read replies for up to `read_ms`
-        (None: do not read), returning early once `want_cid` is answered."""
+    def _io_step(self, budget_ms, read_ms, want_cid, wait_out=True):
+        """Send queued frames for up to `budget_ms` (waiting for socket space only if
+        `wait_out`); then read replies for up to `read_ms` (None: do not read), returning
+        early once `want_cid` is answered."""
         started = compat.ticks_ms()
         try:
             if not self._queue and self._pending_drops and self._out is None:
@@ -418,7 +419,7 @@ class Shim:
                 n = self._transport.send(memoryview(entry.frame)[self._out_pos :], 0)
                 if n == 0:
                     left = budget_ms - compat.ticks_diff(compat.ticks_ms(), started)
-                    if left <= 0:
+                    if left <= 0 or not wait_out:
                         break
                     n = self._transport.send(memoryview(entry.frame)[self._out_pos :], left)
                     if n == 0:
@@ -435,6 +436,8 @@ class Shim:
             self._since_read = 0
             wait = read_ms
             while True:
+                if want_cid is not None and want_cid in self._replies:
+                    return  # another caller already read our answer
                 data = self._transport.recv(wait)
                 if data:
                     self._on_bytes(data)
