@@ -1,0 +1,242 @@
+"""The agent daemon: ingest → rules → ledger → spool → uplink, in one asyncio.TaskGroup.
+
+Start-up order: lock the state dir, open the spool, recover the chain state (rebuilt from
+the spool's tail if the state row is damaged), bump and persist ``boot`` before use, erase
+K_0 from the key store once the state holding K_next is durable, seal the start checkpoint,
+then listen. SIGTERM/SIGINT: stop listening, seal and commit the final checkpoint, answer
+what is pending, stop the uplink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import importlib
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import AgentConfig
+from .core.chain import ChainState, Sealer
+from .core.checkpoint import genesis_hash
+from .core.keys import fs_key_at
+from .errors import AgentError, ConfigError, StateLost
+from .ingest import IngestServer
+from .keystore import FileKeyStore
+from .ledger import Ledger
+from .spool import Spool
+
+log = logging.getLogger("veritrail.agent")
+VERSION = "0.1.0"
+
+
+def open_chain(spool: Spool, keystore: FileKeyStore, device_id: str, problems: list[str]) -> ChainState:
+    """The chain state to continue from (not yet bumped); ``problems`` collects what was repaired."""
+    state, found = spool.load_state()
+    tail = spool.tail()
+    if state is not None or tail.next_cp or tail.next_seq:
+        problems.extend(p.replace(" ", "_") for p in found)
+    slot = keystore.fs_load()
+    if state is None:
+        if tail.next_cp == 0 and tail.next_seq == 0:
+            if slot is None or slot[0] != 0:
+                raise StateLost("empty spool and no K_0 in the key store; run 'veritrail agent init --force' "
+                                "and enroll the device again")
+            return ChainState.genesis(device_id, slot[1])
+        if slot is not None and slot[0] <= tail.next_cp:
+            fs_key = fs_key_at(slot[1], tail.next_cp, from_epoch=slot[0])
+        else:
+            fs_key = os.urandom(32)
+            problems.append("fs_key_lost")
+            log.error("forward-secure key lost with the state row: the collector will flag the tags from "
+                      "checkpoint %d on", tail.next_cp)
+        problems.append("state_rebuilt_from_tail")
+        return ChainState(device_id, tail.boot, tail.next_seq, tail.next_cp,
+                          tail.prev_cp_hash or genesis_hash(device_id), fs_key)
+    if state.device_id != device_id:
+        raise StateLost(f"the spool belongs to device {state.device_id!r}, the config says {device_id!r}")
+    if state.next_cp < tail.next_cp or state.next_seq < tail.next_seq:
+        problems.append("state_behind_tail")
+        fs_key = fs_key_at(state.fs_key, tail.next_cp, from_epoch=state.next_cp) \
+            if tail.next_cp >= state.next_cp else state.fs_key
+        state = ChainState(device_id, max(state.boot, tail.boot), max(state.next_seq, tail.next_seq),
+                           max(state.next_cp, tail.next_cp), tail.prev_cp_hash or state.prev_cp_hash, fs_key)
+    return state
+
+
+def make_engine(config: AgentConfig) -> tuple[Any, bytes | None]:
+    """(engine, fleet public key) from ``[rules]``; ``engine = "allow-all"`` (or no agent.rules
+    installed) gives AllowAllJudge."""
+    table = dict(config.rules)
+    key = table.pop("fleet_public_key", None)
+    fleet_key = bytes.fromhex(key) if key else None
+    if table.pop("engine", "rules") == "allow-all":
+        from .testing import AllowAllJudge
+        return AllowAllJudge(), fleet_key
+    try:
+        rules = importlib.import_module("agent.rules")
+        load_engine = rules.load_engine
+    except (ModuleNotFoundError, AttributeError):
+        log.warning("agent.rules.load_engine not available: commands are allowed unjudged (AllowAllJudge)")
+        from .testing import AllowAllJudge
+        return AllowAllJudge(), fleet_key
+    state_dir = Path(config.state_dir)
+    kwargs: dict[str, Any] = {
+        "device_class": table.pop("device_class", "charger"), "mode": table.pop("mode", "monitor"),
+        "state_path": state_dir / table.pop("state_path", "rules-state.json"),
+        "bundle_dir": state_dir / table.pop("bundle_dir", "rules"),
+        "fleet_public_key": fleet_key,
+    }
+    if "packs" in table:
+        kwargs["packs"] = [Path(config.source or ".").parent / p for p in table.pop("packs")]
+    try:
+        return load_engine(**kwargs, **table), fleet_key
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("rules", "", f"engine does not load: {exc}") from None
+    except rules.RulesError as exc:
+        # Recording everything matters more than judging: run unjudged, loudly (status, start record).
+        log.error("rule packs do not load (%s): commands are recorded but allowed unjudged", exc)
+        from .testing import AllowAllJudge
+        judge = AllowAllJudge()
+        judge.load_error = str(exc)[:200]
+        return judge, fleet_key
+
+
+def make_uplink(config: AgentConfig, spool: Spool, **kw: Any) -> Any:
+    if not config.uplink_enabled:
+        return None
+    try:
+        mod = importlib.import_module("agent.uplink")
+    except ModuleNotFoundError as exc:
+        if exc.name != "agent.uplink":
+            raise
+        log.warning("[uplink] is configured but agent.uplink is not installed: records stay in the spool")
+        return None
+    table = {k: v for k, v in config.uplink.items() if k != "enabled"}
+    cfg_cls = mod.UplinkConfig
+    try:
+        ucfg = cfg_cls.from_table(table) if hasattr(cfg_cls, "from_table") else cfg_cls(**table)
+    except TypeError as exc:
+        raise ConfigError("uplink", "", str(exc)) from None
+    return mod.Uplink(ucfg, spool, config.device_id, **kw)
+
+
+def _lock(state_dir: Path) -> int:
+    fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AgentError(f"another agent is running on {state_dir}") from None
+    return fd
+
+
+async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
+              ready: Callable[[], None] | None = None, signals: bool = True) -> int:
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    state_dir = Path(config.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock_fd = _lock(state_dir)
+    started = time.time()
+    try:
+        keystore = FileKeyStore(config.key_dir)
+        spool = Spool(config.spool_path, max_bytes=config.spool.max_bytes, cache_kib=config.spool.cache_kib)
+        counters: Counter[str] = Counter(spool.counters())
+        problems: list[str] = []
+        if (check := spool.quick_check()):
+            counters["spool.quick_check_failed"] += 1
+            problems.append("quick_check: " + "; ".join(check[:3])[:200])
+            log.error("spool structure damaged (%d problems); damaged blocks will be skipped", len(check))
+        state = open_chain(spool, keystore, config.device_id, problems)
+        state = replace(state, boot=state.boot + 1)
+        spool.save_state(state)            # boot persisted (and K_next held) before first use
+        if keystore.fs_load() is not None:
+            keystore.fs_erase()            # K_0 now lives only as K_next in the state row
+        for p in problems:
+            counters["state." + p.split(":")[0]] += 1
+        signer = keystore.signer()
+        sealer = Sealer(state, signer)
+        ledger = Ledger(spool, sealer, config.ledger, backlog_records=config.ingest.backlog_records,
+                        counters=counters)
+        engine, fleet_key = make_engine(config)
+        if getattr(engine, "load_error", None):
+            problems.append("rules_load_failed: " + engine.load_error)
+            counters["rules.load_failed"] += 1
+        uplink_box: list[Any] = []
+
+        def status() -> dict[str, Any]:
+            doc = {"device_id": config.device_id, "pid": os.getpid(), "version": VERSION,
+                   "uptime_s": round(time.time() - started, 1), **ledger.status(),
+                   "spool": spool.stats(), "counters": dict(counters),
+                   "connections": len(ingest.connections) if ingest else 0,
+                   "rules": engine.status() if hasattr(engine, "status") else None,
+                   "uplink": uplink_box[0].state() if uplink_box else {"state": "disabled"}}
+            return doc
+
+        def on_control(kind: str, payload: bytes) -> None:
+            loop.call_soon_threadsafe(_control, kind, payload)
+
+        def _control(kind: str, payload: bytes) -> None:
+            ledger.tick()
+            if kind != "rules":
+                counters["control.unhandled." + kind[:32]] += 1
+                return
+            try:
+                if fleet_key is None:
+                    raise ConfigError("rules.fleet_public_key", None, "not set: rule bundles cannot be checked")
+                version = engine.install_bundle(payload, fleet_key)
+            except Exception as exc:  # noqa: BLE001 - the old bundle stays; refusal is recorded
+                counters["rules.bundle_rejected"] += 1
+                ledger.append_security({"kind": "agent", "api": "agent.rules_rejected",
+                                        "x": {"reason": str(exc)[:200]}})
+                return
+            ledger.append_security({"kind": "agent", "api": "agent.rules", "x": {"version": version}})
+
+        ingest: IngestServer | None = None
+        uplink = make_uplink(config, spool, on_control=on_control, status=status)
+        if uplink is not None:
+            uplink_box.append(uplink)
+            ledger.on_commit.append(uplink.notify)
+        await ledger.start({"kind": "agent", "api": "agent.start",
+                            "x": {"boot": state.boot, "version": VERSION, "problems": problems}})
+        ingest = IngestServer(config.ingest, ledger, engine, socket_path=config.socket_path,
+                              status=status, counters=counters)
+        await ingest.start()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        log.info("agent %s running: device %s boot %d seq %d", VERSION, config.device_id, state.boot,
+                 sealer.next_seq)
+        if ready is not None:
+            ready()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(ledger.run(), name="ledger")
+            if uplink is not None:
+                tg.create_task(uplink.run(), name="uplink")
+            await stop.wait()
+            log.info("stopping: final checkpoint")
+            ingest.stop_listening()
+            await ledger.stop({"kind": "agent", "api": "agent.stop", "x": {"boot": state.boot}})
+            ingest.close_connections()
+            if uplink is not None:
+                uplink.stop()
+        if hasattr(engine, "save_state"):
+            try:
+                engine.save_state(ledger.wall)
+            except Exception as exc:  # noqa: BLE001 - rules state is best effort at stop
+                log.error("rules state not saved: %s", type(exc).__name__)
+        spool.close()
+        log.info("stopped at seq %d", sealer.next_seq)
+        return 0
+    finally:
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        os.close(lock_fd)

@@ -1,0 +1,336 @@
+"""Ingest: the local frame protocol (docs/protocol.md), agent side, on a Unix socket and TCP.
+
+Each connection is an ``asyncio.Protocol``: every chunk the kernel hands over is decoded
+at once (all complete frames in it) and each frame is handled right there, so a burst of
+records costs one loop iteration, not one per frame. Replies that wait for durability
+(``chk`` verdicts, ``sync`` records) are registered with the ledger and written, in
+request order, once their checkpoint is committed.
+
+Bounds and policies:
+- frame size: ``max_frame_bytes`` (err/too_large, body skipped; > 16 MiB closes the stream);
+- per connection: ``max_pending_replies`` durable replies outstanding, beyond it err/busy;
+- a client that does not read its replies: writing pauses, so we stop reading it;
+- all connections: when the ledger's backlog of uncommitted records is above
+  ``backlog_records``, reading stops everywhere until the backlog halves (backpressure);
+- ``max_connections``: more are answered err/busy and closed.
+Every refusal is counted by reason (``frames.*``, ``conn.*``) in the agent's counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from firmware_shim.framing import FrameDecoder, FrameError, encode_frame
+
+from .config import IngestConfig
+from .core.errors import RecordInvalid
+from .core.record import validate
+from .ledger import Ledger
+
+log = logging.getLogger("veritrail.ingest")
+
+SHIM_DROP = "agent.shim_drop"
+TWIN_ALERT = "twin.update"
+# Fields the agent sets; a shim that sends them has them kept under x.shim_<key>.
+_AGENT_SET = frozenset({"seq", "boot", "mono", "wall", "kind", "v", "r", "rb"})
+_SHIM_KINDS = ("api", "state")
+_MAX_REASON = 32
+
+
+def _err(id_: Any, code: str, msg: str) -> bytes:
+    return encode_frame({"t": "err", "id": id_ if type(id_) is int else None, "code": code, "msg": msg})
+
+
+def _uint(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _sanitize(r: dict[str, Any]) -> dict[str, Any]:
+    """Move agent-set fields the shim sent into x.shim_<key> (kind api/state is the shim's to set)."""
+    out: dict[str, Any] = {}
+    moved: dict[str, Any] = {}
+    for key, value in r.items():
+        if key in _AGENT_SET and not (key == "kind" and value in _SHIM_KINDS):
+            moved["shim_" + key] = value
+        else:
+            out[key] = value
+    x = out.get("x")
+    if x is None:
+        out["x"] = moved
+    elif isinstance(x, dict):
+        out["x"] = {**x, **moved}
+    return out  # a non-map x is refused by validate()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: "IngestServer", local: bool) -> None:
+        self.server = server
+        self.local = local
+        self.ledger = server.ledger
+        self.counters = server.counters
+        self.decoder = FrameDecoder(server.config.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.pending = 0          # durable replies not yet written
+        self.last_wait = -1       # seq the newest pending reply waits for
+        self.write_paused = False
+        self.closed = False
+
+    # --- transport callbacks --------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if len(self.server.connections) >= self.server.config.max_connections:
+            self.counters["conn.refused_limit"] += 1
+            transport.write(_err(None, "busy", "too many connections"))  # type: ignore[attr-defined]
+            transport.close()
+            self.closed = True
+            return
+        self.server.connections.add(self)
+        if self.server.paused:
+            transport.pause_reading()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.pending:
+            self.counters["conn.lost_with_pending_replies"] += 1
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.counters["conn.slow_reader"] += 1
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None and not self.server.paused:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        items = self.decoder.feed(data)
+        ledger = self.ledger
+        ledger.tick()
+        for obj in items:
+            if type(obj) is dict:
+                t = obj.get("t")
+                if t == "rec":
+                    self._rec(obj)
+                elif t == "chk":
+                    self._chk(obj)
+                elif t == "upd":
+                    self._upd(obj)
+                elif t == "drop":
+                    self._drop(obj)
+                elif t == "hello":
+                    self._reply(encode_frame({"t": "ok", "id": obj.get("id") if _uint(obj.get("id")) else None}))
+                elif t == "ping":
+                    self._reply(encode_frame({"t": "pong", "id": obj.get("id")}))
+                elif t == "status" and self.local:
+                    self._reply(encode_frame({"t": "status", "id": obj.get("id"), "s": self.server.status()}))
+                else:
+                    self.counters["frames.unknown_type"] += 1
+                    self._reply(_err(obj.get("id"), "unknown_type", "unknown frame type"))
+            else:
+                self._frame_error(obj)
+        if ledger.congested:
+            self.server.pause_all()
+
+    # --- frames ---------------------------------------------------------------------
+    def _frame_error(self, fe: FrameError) -> None:
+        self.counters["frames." + fe.code] += 1
+        if fe.fatal:
+            log.warning("closing a connection: frame length %d over the stream limit", fe.size)
+            if self.transport is not None:
+                self.transport.write(_err(None, "too_large", "frame over the stream limit; closing"))
+                self.transport.close()
+            return
+        code = "too_large" if fe.code == FrameError.TOO_LARGE else "malformed"
+        self._reply(_err(None, code, fe.detail[:80]))
+
+    def _invalid(self, obj: dict, msg: str) -> None:
+        self.counters["frames.invalid"] += 1
+        self._reply(_err(obj.get("id"), "invalid", msg))
+
+    def _rec(self, obj: dict) -> None:
+        r = obj.get("r")
+        if type(r) is not dict:
+            return self._invalid(obj, "rec needs a map r")
+        if not _AGENT_SET.isdisjoint(r):
+            r = _sanitize(r)
+        fields = {"kind": "api", **r}
+        try:
+            validate(fields)
+        except RecordInvalid as exc:
+            return self._invalid(obj, f"field {exc.field}: {exc.reason}")
+        seq = self.ledger.append(fields)
+        if obj.get("sync"):
+            id_ = obj.get("id")
+            if not _uint(id_):
+                return self._invalid(obj, "sync rec needs a uint id")
+            if seq < 0:
+                self.counters["frames.busy"] += 1
+                return self._reply(_err(id_, "busy", "spool full: api record dropped (counted)"))
+            self._after_durable(seq, {"t": "ok", "id": id_, "seq": seq})
+
+    def _chk(self, obj: dict) -> None:
+        id_, c = obj.get("id"), obj.get("c")
+        if not _uint(id_):
+            return self._invalid(obj, "chk needs a uint id")
+        if type(c) is not dict or not isinstance(c.get("cmd"), str) or not c["cmd"]:
+            return self._invalid(obj, "chk needs c.cmd (str)")
+        args, src, sub = c.get("args", {}), c.get("src", {}), c.get("sub")
+        if not isinstance(args, dict) or not isinstance(src, dict) or not (sub is None or isinstance(sub, str)):
+            return self._invalid(obj, "c.args and c.src must be maps, c.sub a string")
+        if self.pending >= self.server.config.max_pending_replies:
+            self.counters["frames.busy"] += 1
+            return self._reply(_err(id_, "busy", "too many replies outstanding"))
+        ledger = self.ledger
+        command = {"cmd": c["cmd"], "args": args, "src": src, "sub": sub}
+        try:
+            j = self.server.engine.judge(command, ledger.wall)
+            verdict, rule_ids, bundle, alerts, why = j.verdict, list(j.rule_ids), j.bundle_version, j.alerts, j.why
+        except Exception as exc:  # noqa: BLE001 - a rules bug must not lose the command record
+            self.counters["judge.error"] += 1
+            log.error("rules engine failed on %s: %s", c["cmd"], type(exc).__name__)
+            verdict, rule_ids, bundle, alerts, why = "defer", [], -1, [], "rules engine error"
+        fields: dict[str, Any] = {"kind": "cmd", "api": c["cmd"], "src": src}
+        if sub is not None:
+            fields["sub"] = sub
+        fields.update({"x": {"args": args}, "v": verdict, "r": rule_ids, "rb": bundle})
+        try:
+            seq = ledger.append_security(fields)
+        except RecordInvalid as exc:
+            return self._invalid(obj, f"command not recordable: {exc.reason}")
+        self._alerts(alerts, c["cmd"], src, sub, seq)
+        reply = {"t": "verdict", "id": id_, "v": verdict, "r": rule_ids, "seq": seq, "rb": bundle}
+        if why:
+            reply["why"] = str(why)[:200]
+        self._after_durable(ledger.sealer.next_seq - 1, reply)
+
+    def _alerts(self, alerts: list, api: str, src: dict | None, sub: str | None, cmd_seq: int | None) -> None:
+        for a in alerts:
+            x: dict[str, Any] = {"rule": a.rule_id, "sev": a.severity}
+            if cmd_seq is not None:
+                x["cmd_seq"] = cmd_seq
+            fields: dict[str, Any] = {"kind": "alert", "api": api}
+            if src is not None:
+                fields["src"] = src
+            if sub is not None:
+                fields["sub"] = sub
+            fields["x"] = x
+            self.ledger.append_security(fields)
+
+    def _upd(self, obj: dict) -> None:
+        s, ts = obj.get("s"), obj.get("ts")
+        if type(s) is not dict:
+            return self._invalid(obj, "upd needs a map s")
+        now = ts if _uint(ts) else self.ledger.wall
+        try:
+            alerts = self.server.engine.update_twin(s, now)
+        except Exception as exc:  # noqa: BLE001 - counted; the twin keeps its last state
+            self.counters["twin.error"] += 1
+            log.error("twin update failed: %s", type(exc).__name__)
+            return
+        if alerts:
+            self._alerts(alerts, TWIN_ALERT, None, None, None)
+
+    def _drop(self, obj: dict) -> None:
+        n, reason = obj.get("n"), obj.get("reason")
+        if not _uint(n) or not isinstance(reason, str):
+            return self._invalid(obj, "drop needs uint n and str reason")
+        if not reason or len(reason) > _MAX_REASON or not all(ch.isalnum() or ch in "_-." for ch in reason):
+            reason = "other"
+        self.counters["drop.shim." + reason] += n
+        self.ledger.append_security({"kind": "agent", "api": SHIM_DROP, "x": {"n": n, "reason": reason}})
+
+    # --- replies --------------------------------------------------------------------
+    def _after_durable(self, seq: int, reply: dict) -> None:
+        self.pending += 1
+        self.last_wait = seq
+        frame = encode_frame(reply)
+
+        def send() -> None:
+            self.pending -= 1
+            if not self.closed and self.transport is not None:
+                self.transport.write(frame)
+
+        self.ledger.urgent()
+        self.ledger.when_durable(seq, send)
+
+    def _reply(self, frame: bytes) -> None:
+        """An immediate reply, kept behind this connection's pending durable replies."""
+        if not self.pending:
+            return self._write(frame)
+        self.pending += 1
+
+        def send() -> None:
+            self.pending -= 1
+            self._write(frame)
+
+        self.ledger.when_durable(self.last_wait, send)
+
+    def _write(self, frame: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(frame)
+
+
+class IngestServer:
+    def __init__(self, config: IngestConfig, ledger: Ledger, engine: Any, *, socket_path: Path,
+                 status: Callable[[], dict], counters: Counter[str]) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.engine = engine
+        self.socket_path = Path(socket_path)
+        self.status = status
+        self.counters = counters
+        self.connections: set[Connection] = set()
+        self.paused = False
+        self._servers: list[asyncio.AbstractServer] = []
+        ledger.on_relief.append(self.resume_all)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        path = self.socket_path
+        if path.exists() or path.is_symlink():
+            path.unlink()  # stale socket from a crash (a live daemon holds the spool lock)
+        self._servers.append(await loop.create_unix_server(lambda: Connection(self, True), str(path)))
+        os.chmod(path, 0o660)
+        if self.config.tcp_port:
+            self._servers.append(await loop.create_server(
+                lambda: Connection(self, False), self.config.tcp_host, self.config.tcp_port))
+        log.info("ingest listening on %s%s", path,
+                 f" and tcp {self.config.tcp_host}:{self.config.tcp_port}" if self.config.tcp_port else "")
+
+    def pause_all(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.counters["ingest.backpressure"] += 1
+            for conn in self.connections:
+                if conn.transport is not None:
+                    conn.transport.pause_reading()
+
+    def resume_all(self) -> None:
+        if self.paused:
+            self.paused = False
+            for conn in self.connections:
+                if conn.transport is not None and not conn.write_paused:
+                    conn.transport.resume_reading()
+
+    def stop_listening(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    def close_connections(self) -> None:
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass

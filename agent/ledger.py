@@ -1,0 +1,283 @@
+"""The ledger: drives the Sealer and hands sealed checkpoints to the spool (DESIGN §3, §4).
+
+A checkpoint is cut after ``checkpoint_records`` records or ``checkpoint_interval_ms``,
+at the end of the current loop iteration after a security-class record or a sync write,
+at start and at orderly stop, and as an empty heartbeat when idle. Sealing happens on the
+event loop (pure CPU); commits run on one writer thread, several queued checkpoints per
+fsynced transaction, so ingest keeps going while the disk works. Callers wait for
+durability with ``when_durable(seq, callback)``.
+
+Queue policy: sealed-but-uncommitted records are bounded by ``backlog_records``; above it
+``congested`` is true and ingest stops reading sockets until the backlog halves.
+When the spool is over ``max_bytes`` the oldest api-only checkpoints are evicted with a
+signed ``agent.evicted`` record; when only security-class checkpoints are left, ``api``
+records are dropped, counted and summarised in an ``agent.dropped`` record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .config import LedgerConfig
+from .core.chain import Sealed, Sealer
+from .core.verify import EVICTED
+from .errors import SpoolError
+from .spool import Eviction, Spool
+
+log = logging.getLogger("veritrail.ledger")
+
+DROPPED = "agent.dropped"
+_TICK_S = 0.05
+
+
+def _mono_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Ledger:
+    def __init__(self, spool: Spool, sealer: Sealer, config: LedgerConfig, *, backlog_records: int = 32768,
+                 mono_ms: Callable[[], int] = _mono_ms, wall_ms: Callable[[], int] = _wall_ms,
+                 counters: Counter[str] | None = None) -> None:
+        self.spool = spool
+        self.sealer = sealer
+        self.config = config
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self._mono_ms, self._wall_ms = mono_ms, wall_ms
+        self.mono = mono_ms()
+        self.wall = wall_ms()
+        self._max_records = config.checkpoint_records
+        self._backlog_high = backlog_records
+        self._queue: list[Sealed] = []
+        self._queued_records = 0
+        self._inflight_records = 0
+        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._urgent_scheduled = False
+        self._open_since: int | None = None
+        self._last_seal = self.mono
+        self._evict_plan: Eviction | None = None
+        self._evicting = False
+        self._drops_since_summary: Counter[str] = Counter()
+        self._last_summary = self.mono
+        self._stopping = False
+        self.full = False                       # spool holds only security-class data: api dropped
+        self.durable_seq = sealer.next_seq - 1  # everything <= this is committed
+        self.last_commit_error: str | None = None
+        self.on_commit: list[Callable[[], None]] = []
+        self.on_relief: list[Callable[[], None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vt-spool")
+
+    # --- clock ----------------------------------------------------------------------
+    def tick(self) -> None:
+        """Refresh the cached clocks (once per batch of frames, not per record)."""
+        self.mono = self._mono_ms()
+        self.wall = self._wall_ms()
+
+    # --- appending ------------------------------------------------------------------
+    def append(self, fields: dict[str, Any]) -> int:
+        """An api/state record; returns its seq, or -1 when dropped because the spool is full."""
+        if self.full:
+            self.counters["drop.spool_full"] += 1
+            self._drops_since_summary["spool_full"] += 1
+            return -1
+        seq = self.sealer.append(fields, self.mono, self.wall)[0]
+        if self.sealer.pending >= self._max_records:
+            self._seal("size")
+        return seq
+
+    def append_security(self, fields: dict[str, Any]) -> int:
+        """A cmd/alert/agent record: never dropped; its checkpoint is cut in this loop iteration."""
+        seq = self.sealer.append(fields, self.mono, self.wall)[0]
+        if self.sealer.pending >= self._max_records:
+            self._seal("size")
+        self.urgent()
+        return seq
+
+    def urgent(self) -> None:
+        """Seal what is open at the end of this loop iteration (several frames share one checkpoint)."""
+        if not self._urgent_scheduled:
+            self._urgent_scheduled = True
+            asyncio.get_running_loop().call_soon(self._seal_urgent)
+
+    def _seal_urgent(self) -> None:
+        self._urgent_scheduled = False
+        if self.sealer.pending:
+            self._seal("security")
+
+    def when_durable(self, seq: int, callback: Callable[[], None]) -> None:
+        if seq <= self.durable_seq:
+            callback()
+        else:
+            self._waiters.append((seq, callback))
+
+    @property
+    def congested(self) -> bool:
+        return self._queued_records + self._inflight_records + self.sealer.pending > self._backlog_high
+
+    @property
+    def backlog(self) -> int:
+        return self._queued_records + self._inflight_records + self.sealer.pending
+
+    def _seal(self, reason: str) -> Sealed:
+        self.tick()
+        sealed = self.sealer.seal(mono=self.mono, wall=self.wall, reason=reason)
+        self._open_since = None
+        self._last_seal = self.mono
+        self._queue.append(sealed)
+        self._queued_records += len(sealed.records)
+        self._idle.clear()
+        self._wake.set()
+        return sealed
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self, fields: dict[str, Any]) -> int:
+        """Write the start record and wait until its checkpoint is durable."""
+        self.tick()
+        seq = self.sealer.append(fields, self.mono, self.wall)[0]
+        self._seal("start")
+        await self._commit_queued()
+        return seq
+
+    async def run(self) -> None:
+        """Writer and timers; returns after ``stop``."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._writer())
+            tg.create_task(self._timers())
+
+    async def stop(self, fields: dict[str, Any]) -> None:
+        """Final records and checkpoint, committed; then the writer and timers end."""
+        self.tick()
+        self._summarise_drops()
+        self.sealer.append(fields, self.mono, self.wall)
+        self._seal("stop")
+        self._stopping = True
+        self._wake.set()
+        await self._idle.wait()
+        self._executor.shutdown(wait=True)
+
+    async def drained(self) -> None:
+        """Wait until everything sealed so far is committed."""
+        await self._idle.wait()
+
+    # --- background -----------------------------------------------------------------
+    async def _timers(self) -> None:
+        cfg = self.config
+        while not self._stopping:
+            await asyncio.sleep(_TICK_S)
+            self.tick()
+            now = self.mono
+            if self.sealer.pending:
+                if self._open_since is None:
+                    self._open_since = now
+                elif now - self._open_since >= cfg.checkpoint_interval_ms:
+                    self._seal("timer")
+            elif now - self._last_seal >= cfg.heartbeat_interval_ms:
+                self._seal("heartbeat")
+            if self._drops_since_summary and now - self._last_summary >= cfg.drop_summary_interval_ms:
+                self._summarise_drops()
+            if self.full and self.spool.bytes_used <= self.spool.max_bytes:
+                self.full = False
+                self._summarise_drops()
+
+    def _summarise_drops(self) -> None:
+        if not self._drops_since_summary:
+            return
+        drops, self._drops_since_summary = dict(self._drops_since_summary), Counter()
+        self._last_summary = self.mono
+        log.warning("records dropped since last summary: %s", drops)
+        self.append_security({"kind": "agent", "api": DROPPED, "x": {"n": drops}})
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._queue:
+                await self._commit_queued()
+                self._after_commit()
+            if not self._queue:
+                self._idle.set()
+                if self._stopping:
+                    return
+
+    async def _commit_queued(self) -> None:
+        blocks, self._queue = self._queue, []
+        n = self._queued_records
+        self._queued_records, self._inflight_records = 0, n
+        evict, self._evict_plan = self._evict_plan, None
+        counters = dict(self.counters)
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while True:
+            try:
+                await loop.run_in_executor(self._executor, self._commit, blocks, evict, counters)
+                break
+            except SpoolError as exc:
+                self.counters["spool.commit_failed"] += 1
+                self.last_commit_error = exc.reason
+                log.error("spool commit failed (%d checkpoints, retrying): %s", len(blocks), exc.reason)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._inflight_records = 0
+        self.durable_seq = blocks[-1].last  # an empty checkpoint has last = first - 1
+        if evict is not None:
+            self._evicting = False
+        waiters = self._waiters
+        limit = self.durable_seq
+        while waiters and waiters[0][0] <= limit:
+            waiters.popleft()[1]()
+        for cb in self.on_commit:
+            cb()
+        if not self.congested:
+            for cb in self.on_relief:
+                cb()
+
+    def _commit(self, blocks: list[Sealed], evict: Eviction | None, counters: dict[str, int]) -> None:
+        self.spool.commit(blocks, evict=evict, counters=counters)
+
+    def _after_commit(self) -> None:
+        spool = self.spool
+        if spool.bytes_used <= spool.max_bytes:
+            if self.full:
+                self.full = False
+                self._summarise_drops()
+            return
+        if self._evicting or self._stopping:
+            return
+        need = spool.bytes_used - (spool.max_bytes * 9) // 10
+        plan = spool.plan_eviction(need)
+        if plan is None:
+            if not self.full:
+                log.warning("spool full with security-class records only: api records are dropped from now on")
+            self.full = True
+            return
+        self._evicting = True
+        self._evict_plan = plan
+        self.counters["evicted.blocks"] += plan.last_cp - plan.first_cp + 1
+        self.counters["evicted.records"] += plan.records
+        self.counters["evicted.bytes"] += plan.nbytes
+        log.warning("spool over max_bytes: evicting checkpoints %d..%d (%d records)",
+                    plan.first_cp, plan.last_cp, plan.records)
+        # The eviction record is sealed now, so the commit that deletes the range carries it.
+        self.sealer.append({"kind": "agent", "api": EVICTED, "x": {
+            "first": plan.first, "last": plan.last, "cps": [plan.first_cp, plan.last_cp],
+            "last_cp_hash": plan.last_cp_hash}}, self.mono, self.wall)
+        self._seal("security")
+
+    def status(self) -> dict[str, Any]:
+        st = self.sealer.state
+        return {"seq": self.sealer.next_seq, "boot": st.boot, "next_cp": st.next_cp,
+                "durable_seq": self.durable_seq, "open_records": self.sealer.pending,
+                "backlog_records": self.backlog, "spool_full": self.full,
+                "last_commit_error": self.last_commit_error}

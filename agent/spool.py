@@ -1,0 +1,429 @@
+"""The spool: sealed checkpoints and their records on flash until the collector's receipt.
+
+SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=FULL`` (every commit is fsynced)
+and ``secure_delete=ON``. One transaction per commit holds the new checkpoints, their
+records, the chain state (which carries the forward-secure key K_next) and the counters,
+so after a crash the file holds either all of a checkpoint or none of it.
+
+Tables: ``blocks`` (one row per checkpoint), ``records`` (one row per record, by seq),
+``state_a``/``state_b`` (two checksummed copies of the chain state on separate pages),
+``meta`` (where the spool starts after receipts, last receipt), ``counters`` (drops and
+damage by reason), ``evictions`` (ranges evicted for space, with their last checkpoint hash).
+
+Thread use: one writer connection (commits, receipts) and one reader connection (uplink,
+export, status), each behind its own lock; WAL lets them run at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from . import errors
+from .core import merkle
+from .core.chain import ChainState, Sealed
+from .core.checkpoint import parse as parse_checkpoint
+from .core.errors import CheckpointMalformed
+from .core.record import SECURITY_KINDS, leaf_hash
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks(cp INTEGER PRIMARY KEY, first INTEGER NOT NULL, last INTEGER NOT NULL,
+    boot INTEGER NOT NULL, sec INTEGER NOT NULL, nbytes INTEGER NOT NULL, hash BLOB NOT NULL,
+    message BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state_a(id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state_b(id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS evictions(first_cp INTEGER PRIMARY KEY, last_cp INTEGER NOT NULL,
+    first INTEGER NOT NULL, last INTEGER NOT NULL, last_cp_hash BLOB NOT NULL);
+"""
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledCheckpoint:
+    cp: int
+    first: int
+    last: int
+    message: bytes
+    hash: bytes
+    records: list[bytes]
+    damaged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """A contiguous run of api-only checkpoints to drop for space (DESIGN §4)."""
+
+    first_cp: int
+    last_cp: int
+    first: int
+    last: int
+    last_cp_hash: bytes
+    nbytes: int
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """Where the chain ends according to the spool's contents (for rebuilding state)."""
+
+    next_seq: int
+    next_cp: int
+    prev_cp_hash: bytes | None
+    boot: int
+
+
+def encode_state(state: ChainState) -> bytes:
+    body = msgpack.packb([_STATE_VERSION, state.device_id, state.boot, state.next_seq, state.next_cp,
+                          state.prev_cp_hash, state.fs_key], use_bin_type=True)
+    return body + hashlib.sha256(body).digest()[:16]
+
+
+def decode_state(blob: bytes) -> ChainState | None:
+    """The state in ``blob``, or None when it is damaged."""
+    if not isinstance(blob, bytes) or len(blob) < 17:
+        return None
+    body, check = blob[:-16], blob[-16:]
+    if hashlib.sha256(body).digest()[:16] != check:
+        return None
+    try:
+        v, dev, boot, next_seq, next_cp, prev, fs = msgpack.unpackb(body, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if v != _STATE_VERSION:
+        return None
+    return ChainState(dev, boot, next_seq, next_cp, prev, fs)
+
+
+def _connect(path: str, *, readonly: bool, cache_kib: int) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute(f"PRAGMA cache_size=-{cache_kib}")
+    conn.execute("PRAGMA mmap_size=0")
+    return conn
+
+
+class Spool:
+    def __init__(self, path: Path | str, *, max_bytes: int = 64 * 1024 * 1024, cache_kib: int = 1024,
+                 readonly: bool = False) -> None:
+        self.path = str(path)
+        self.max_bytes = max_bytes
+        self.readonly = readonly
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+        self._damaged: set[int] = set()
+        try:
+            if readonly:
+                if not Path(self.path).exists():
+                    raise errors.NotInitialised(self.path)
+                self._w = None
+            else:
+                self._w = _connect(self.path, readonly=False, cache_kib=cache_kib)
+                mode = self._w.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise errors.SpoolError(f"journal_mode is {mode}, WAL needed")
+                for pragma in ("synchronous=FULL", "secure_delete=ON", "journal_size_limit=4194304",
+                               "temp_store=MEMORY"):
+                    self._w.execute(f"PRAGMA {pragma}")
+                self._w.executescript(SCHEMA)
+            self._r = _connect(self.path, readonly=True, cache_kib=cache_kib)
+            self._r.execute("PRAGMA query_only=ON")
+            self.bytes_used = int(self._r.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise errors.SpoolCorrupt(f"cannot open {Path(self.path).name}: {exc}") from None
+
+    def close(self) -> None:
+        for conn in (self._w, self._r):
+            if conn is not None:
+                conn.close()
+
+    # --- chain state -----------------------------------------------------------------
+    def load_state(self) -> tuple[ChainState | None, list[str]]:
+        """The newest intact copy of the chain state, and the problems found on the way."""
+        problems: list[str] = []
+        found: list[ChainState] = []
+        for table in ("state_a", "state_b"):
+            try:
+                row = self._read_one(f"SELECT body FROM {table} WHERE id = 1")
+            except sqlite3.DatabaseError:
+                problems.append(f"{table} unreadable")
+                continue
+            if row is None:
+                problems.append(f"{table} missing")
+                continue
+            state = decode_state(row[0])
+            if state is None:
+                problems.append(f"{table} damaged")
+            else:
+                found.append(state)
+        if not found:
+            return None, problems
+        return max(found, key=lambda s: (s.next_cp, s.boot)), problems
+
+    def save_state(self, state: ChainState) -> None:
+        """Persist the state alone (e.g. the boot epoch at start), fsynced."""
+        with self._wlock:
+            self._txn(lambda c: self._put_state(c, state))
+
+    def tail(self) -> Tail:
+        """Where the chain ends by the spool's own contents: last block, evictions, start, records."""
+        next_seq, next_cp, prev, boot = 0, 0, None, 0
+        start = self.start()
+        if start is not None:
+            next_seq, next_cp, prev, boot = start["seq"], start["cp"], start["prev_cp_hash"], start["boot"]
+        for sql in ("SELECT last_cp, last, last_cp_hash, NULL FROM evictions ORDER BY last_cp DESC LIMIT 1",
+                    "SELECT cp, last, hash, boot FROM blocks ORDER BY cp DESC LIMIT 1"):
+            try:
+                row = self._read_one(sql)
+            except sqlite3.DatabaseError:
+                continue
+            if row is not None and row[0] + 1 > next_cp:
+                next_cp, next_seq, prev = row[0] + 1, max(next_seq, row[1] + 1), row[2]
+                boot = row[3] if row[3] is not None else boot
+        try:
+            row = self._read_one("SELECT MAX(seq) FROM records")
+            if row is not None and row[0] is not None:
+                next_seq = max(next_seq, row[0] + 1)
+        except sqlite3.DatabaseError:
+            pass
+        return Tail(next_seq, next_cp, prev, boot)
+
+    # --- writing ---------------------------------------------------------------------
+    def commit(self, blocks: Sequence[Sealed], *, evict: Eviction | None = None,
+               counters: Mapping[str, int] | None = None) -> None:
+        """Store sealed checkpoints with their records and the state after the last one: one fsynced transaction."""
+        if not blocks:
+            return
+        added = 0
+        rows = []
+        for b in blocks:
+            nbytes = len(b.message) + sum(map(len, b.records))
+            sec = 0 if SECURITY_KINDS.isdisjoint(b.kinds) else 1
+            rows.append((b.cp, b.first, b.last, b.state.boot, sec, nbytes, b.hash, b.message))
+            added += nbytes
+
+        def work(c: sqlite3.Connection) -> int:
+            c.executemany("INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)", rows)
+            for b in blocks:
+                if b.records:
+                    c.executemany("INSERT INTO records VALUES (?,?)", zip(range(b.first, b.last + 1), b.records))
+            freed = 0
+            if evict is not None:
+                freed = self._delete_blocks(c, "cp BETWEEN ? AND ?", (evict.first_cp, evict.last_cp))
+                c.execute("INSERT OR REPLACE INTO evictions VALUES (?,?,?,?,?)",
+                          (evict.first_cp, evict.last_cp, evict.first, evict.last, evict.last_cp_hash))
+            if counters:
+                c.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET n = excluded.n",
+                              counters.items())
+            self._put_state(c, blocks[-1].state)
+            return freed
+
+        with self._wlock:
+            freed = self._txn(work)
+            self.bytes_used += added - freed
+
+    def _put_state(self, c: sqlite3.Connection, state: ChainState) -> None:
+        body = encode_state(state)
+        for table in ("state_a", "state_b"):
+            c.execute(f"INSERT OR REPLACE INTO {table} VALUES (1, ?)", (body,))
+
+    def _delete_blocks(self, c: sqlite3.Connection, where: str, args: tuple) -> int:
+        row = c.execute(f"SELECT MIN(first), MAX(last), COALESCE(SUM(nbytes), 0) FROM blocks WHERE {where}",
+                        args).fetchone()
+        if row[0] is None:
+            return 0
+        c.execute("DELETE FROM records WHERE seq BETWEEN ? AND ?", (row[0], row[1]))
+        c.execute(f"DELETE FROM blocks WHERE {where}", args)
+        return int(row[2])
+
+    def _txn(self, work: Any) -> Any:
+        if self._w is None:
+            raise errors.SpoolError("opened read-only")
+        c = self._w
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(c)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+            return result
+        except sqlite3.DatabaseError as exc:
+            raise errors.SpoolError(f"{type(exc).__name__}: {exc}") from None
+
+    def plan_eviction(self, need_bytes: int) -> Eviction | None:
+        """The oldest contiguous run of checkpoints without security-class records, ≥ need_bytes if possible."""
+        run: list[tuple] = []
+        freed = 0
+        try:
+            with self._rlock:
+                cur = self._r.execute("SELECT cp, first, last, sec, nbytes, hash FROM blocks ORDER BY cp")
+                for cp, first, last, sec, nbytes, h in cur:
+                    keep = sec or cp in self._damaged
+                    if run and (keep or cp != run[-1][0] + 1):
+                        break  # the run ends at a kept checkpoint (or a gap)
+                    if keep:
+                        continue
+                    run.append((cp, first, last, nbytes, h))
+                    freed += nbytes
+                    if freed >= need_bytes:
+                        break
+                cur.close()
+        except sqlite3.DatabaseError:
+            return None
+        if not run:
+            return None
+        n = run[-1][2] - run[0][1] + 1
+        return Eviction(run[0][0], run[-1][0], run[0][1], run[-1][2], run[-1][4], freed, n)
+
+    # --- receipts --------------------------------------------------------------------
+    def apply_receipt(self, upto_seq: int, cp: int, cp_hash: bytes) -> int:
+        """Delete every block up to checkpoint ``cp`` if its hash is ours; idempotent."""
+        def work(c: sqlite3.Connection) -> int:
+            row = c.execute("SELECT last, hash, boot FROM blocks WHERE cp = ?", (cp,)).fetchone()
+            if row is None:
+                row = c.execute("SELECT last, last_cp_hash, NULL FROM evictions WHERE last_cp = ?", (cp,)).fetchone()
+            if row is None:
+                start = self._start(c)
+                if start is not None and cp < start["cp"] and upto_seq < start["seq"]:
+                    return 0  # already applied
+                raise errors.ReceiptMismatch(cp, upto_seq, "no such checkpoint in the spool")
+            last, h, boot = row
+            if h != cp_hash:
+                raise errors.ReceiptMismatch(cp, upto_seq, "checkpoint hash differs from ours")
+            if last != upto_seq:
+                raise errors.ReceiptMismatch(cp, upto_seq, f"checkpoint ends at seq {last}")
+            n = c.execute("SELECT COUNT(*) FROM records WHERE seq <= ?", (upto_seq,)).fetchone()[0]
+            freed = self._delete_blocks(c, "cp <= ?", (cp,))
+            c.execute("DELETE FROM evictions WHERE last_cp <= ?", (cp,))
+            if boot is None:
+                boot = (self._start(c) or {}).get("boot", 0)
+            start = {"seq": upto_seq + 1, "cp": cp + 1, "prev_cp_hash": cp_hash, "boot": boot}
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('start', ?)", (msgpack.packb(start),))
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('last_receipt', ?)", (msgpack.packb([cp, upto_seq]),))
+            self.bytes_used -= freed
+            return int(n)
+
+        with self._wlock:
+            return self._txn(work)
+
+    def _start(self, c: sqlite3.Connection) -> dict[str, Any] | None:
+        row = c.execute("SELECT value FROM meta WHERE key = 'start'").fetchone()
+        return msgpack.unpackb(row[0], raw=False) if row else None
+
+    def start(self) -> dict[str, Any] | None:
+        """Where the spool begins after receipts deleted older blocks (None: from genesis)."""
+        with self._rlock:
+            try:
+                return self._start(self._r)
+            except (sqlite3.DatabaseError, ValueError, msgpack.UnpackException):
+                return None
+
+    def last_receipt(self) -> tuple[int, int] | None:
+        row = self._read_one("SELECT value FROM meta WHERE key = 'last_receipt'")
+        return tuple(msgpack.unpackb(row[0])) if row else None  # type: ignore[return-value]
+
+    # --- reading ---------------------------------------------------------------------
+    def _read_one(self, sql: str, args: tuple = ()) -> tuple | None:
+        with self._rlock:
+            return self._r.execute(sql, args).fetchone()
+
+    def read_block(self, cp: int, first: int, last: int) -> SpooledCheckpoint:
+        """One block, checked against its own checkpoint (count and Merkle root); damaged if not."""
+        try:
+            with self._rlock:
+                row = self._r.execute("SELECT message, hash FROM blocks WHERE cp = ?", (cp,)).fetchone()
+                records = [r[0] for r in self._r.execute(
+                    "SELECT data FROM records WHERE seq BETWEEN ? AND ? ORDER BY seq", (first, last))]
+            parsed = parse_checkpoint(row[0])
+            ok = (parsed.cp == cp and parsed.first == first and parsed.n == len(records)
+                  and parsed.hash == row[1] and merkle.root([leaf_hash(r) for r in records]) == parsed.root)
+        except (sqlite3.DatabaseError, CheckpointMalformed, TypeError):
+            ok, row = False, None
+        if ok:
+            return SpooledCheckpoint(cp, first, last, row[0], row[1], records)
+        self._damaged.add(cp)
+        return SpooledCheckpoint(cp, first, last, row[0] if row else b"", row[1] if row else b"", [], True)
+
+    def _headers(self, after_cp: int | None) -> Iterator[tuple[int, int, int, int]]:
+        with self._rlock:
+            rows = self._r.execute("SELECT cp, first, last, nbytes FROM blocks WHERE cp > ? ORDER BY cp LIMIT 512",
+                                   (-1 if after_cp is None else after_cp,)).fetchall()
+        return iter(rows)
+
+    def unacked(self, after_cp: int | None, max_bytes: int) -> list[SpooledCheckpoint]:
+        out: list[SpooledCheckpoint] = []
+        total = 0
+        try:
+            headers = self._headers(after_cp)
+        except sqlite3.DatabaseError:
+            return out
+        for cp, first, last, nbytes in headers:
+            if out and total + nbytes > max_bytes:
+                break
+            out.append(self.read_block(cp, first, last))
+            total += nbytes
+        return out
+
+    def iter_blocks(self) -> Iterator[SpooledCheckpoint]:
+        """Every block in cp order (export)."""
+        after: int | None = None
+        while True:
+            batch = list(self._headers(after))
+            if not batch:
+                return
+            for cp, first, last, _ in batch:
+                yield self.read_block(cp, first, last)
+            after = batch[-1][0]
+
+    @property
+    def damaged(self) -> frozenset[int]:
+        return frozenset(self._damaged)
+
+    def counters(self) -> dict[str, int]:
+        with self._rlock:
+            try:
+                return {k: int(v) for k, v in self._r.execute("SELECT name, n FROM counters")}
+            except sqlite3.DatabaseError:
+                return {}
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            with self._rlock:
+                r = self._r
+                blocks, first_cp, last_cp, first_seq, last_seq, records = r.execute(
+                    "SELECT COUNT(*), MIN(cp), MAX(cp), MIN(first), MAX(last), COALESCE(SUM(last - first + 1), 0) "
+                    "FROM blocks").fetchone()
+                pages = r.execute("PRAGMA page_count").fetchone()[0] * r.execute("PRAGMA page_size").fetchone()[0]
+                evicted = r.execute("SELECT COUNT(*), COALESCE(SUM(last - first + 1), 0) FROM evictions").fetchone()
+        except sqlite3.DatabaseError as exc:
+            return {"error": f"spool unreadable: {type(exc).__name__}", "bytes": self.bytes_used}
+        receipt = self.last_receipt()
+        return {
+            "bytes": self.bytes_used, "max_bytes": self.max_bytes, "file_bytes": pages,
+            "blocks": blocks, "records": records,
+            "unacked": None if not blocks else {"first_cp": first_cp, "last_cp": last_cp,
+                                                "first_seq": first_seq, "last_seq": last_seq},
+            "start": self.start(), "damaged_blocks": sorted(self._damaged),
+            "evicted_ranges_kept": evicted[0],
+            "last_receipt": None if receipt is None else {"cp": receipt[0], "upto_seq": receipt[1]},
+        }
+
+    def quick_check(self) -> list[str]:
+        """SQLite's own structural check ("ok" → []); problems are reported, not raised."""
+        try:
+            with self._rlock:
+                rows = [r[0] for r in self._r.execute("PRAGMA quick_check(20)")]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        return [] if rows == ["ok"] else rows
