@@ -79,7 +79,7 @@ def poll(timeout_ms=0):
 
 def _have_threads():
     try:
-        import threading  # noqa: F401
+        import threading  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
     except ImportError:
         return False
     return True

@@ -13,18 +13,18 @@ IS_MICROPYTHON = sys.implementation.name == "micropython"
 if hasattr(time, "ticks_ms"):  # MicroPython: wrapping millisecond ticks
 
     def ticks_ms():
-        return time.ticks_ms()  # type: ignore[attr-defined]
+        return time.ticks_ms()  # type: ignore[attr-defined, unused-ignore]
 
     def ticks_diff(later, earlier):
-        return time.ticks_diff(later, earlier)  # type: ignore[attr-defined]
+        return time.ticks_diff(later, earlier)  # type: ignore[attr-defined, unused-ignore]
 
     def sleep_ms(ms):
-        time.sleep_ms(ms)  # type: ignore[attr-defined]
+        time.sleep_ms(ms)  # type: ignore[attr-defined, unused-ignore]
 
 else:
 
     def ticks_ms():
-        return time.monotonic_ns() // 1000000
+        return time.monotonic_ns() // 1000000  # type: ignore[attr-defined, unused-ignore]
 
     def ticks_diff(later, earlier):
         return later - earlier
@@ -35,8 +35,8 @@ else:
 
 def ticks_us():
     if hasattr(time, "ticks_us"):
-        return time.ticks_us()  # type: ignore[attr-defined]
-    return time.monotonic_ns() // 1000
+        return time.ticks_us()  # type: ignore[attr-defined, unused-ignore]
+    return time.monotonic_ns() // 1000  # type: ignore[attr-defined, unused-ignore]
 
 
 class _NoLock:
@@ -51,7 +51,7 @@ class _NoLock:
 
 def make_lock():
     try:
-        import threading
+        import threading  # type: ignore[import-not-found, unused-ignore]
 
         return threading.Lock()
     except ImportError:
@@ -103,7 +103,7 @@ def hmac_sha256_portable(key, msg):
 
 
 try:
-    import hmac as _hmac
+    import hmac as _hmac  # type: ignore[import-not-found, unused-ignore]
 
     def hmac_sha256(key, msg):
         return _hmac.new(key, msg, "sha256").digest()

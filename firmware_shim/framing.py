@@ -20,7 +20,7 @@ Portable core: runs unchanged on CPython and MicroPython.
 import struct
 
 try:
-    import msgpack as _msgpack
+    import msgpack as _msgpack  # type: ignore[import-not-found, import-untyped, unused-ignore]
 except ImportError:  # MicroPython, or CPython without the msgpack package
     _msgpack = None
 

@@ -83,7 +83,7 @@ class Shim:
             if not isinstance(api, str) or not api:
                 self._drop("invalid", 1)
                 return
-            r = {"api": api}
+            r = {"api": api}  # type: dict
             values = (src, sub, st, lat, rq, rs)
             for i in range(len(_REC_FIELDS)):
                 if values[i] is not None:
@@ -223,7 +223,7 @@ class Shim:
 
     def start(self):
         """CPython: start the background thread that reconnects and drains the ring."""
-        import threading
+        import threading  # type: ignore[import-not-found, unused-ignore]
 
         if self._pump is not None:
             return

@@ -17,7 +17,7 @@ try:
     import socket
 except ImportError:  # older MicroPython ports; the WebAssembly port has no sockets at all
     try:
-        import usocket as socket  # type: ignore[import-not-found, no-redef]
+        import usocket as socket  # type: ignore[import-not-found, no-redef, unused-ignore]
     except ImportError:
         socket = None  # type: ignore[assignment]
 

@@ -32,7 +32,7 @@ def dumps(obj, sort_keys=False):
     """Encode `obj`. With `sort_keys`, every map is written in sorted key order, which
     makes the bytes independent of dict iteration order (MicroPython's dicts do not keep
     insertion order); keys of one map must then be all str or all bytes."""
-    out = []
+    out = []  # type: list[bytes]
     _pack(obj, out, 0, sort_keys)
     return b"".join(out)
 
@@ -84,12 +84,13 @@ def _pack(obj, out, depth, sort_keys):
     elif isinstance(obj, dict):
         n = len(obj)
         out.append(_header(n, 0x80, b"\xde", b"\xdf"))
-        keys = obj
         if sort_keys:
             try:
                 keys = sorted(obj)
             except TypeError:
                 raise PackError("map keys of mixed types cannot be sorted")
+        else:
+            keys = list(obj)
         for key in keys:
             _pack(key, out, depth + 1, sort_keys)
             _pack(obj[key], out, depth + 1, sort_keys)
