@@ -70,7 +70,6 @@ _CHARGER = [
     ("GetInstalledCertificateIds", "recon", "low", "Rejected"),
     ("GetLocalListVersion", "recon", "low", "Rejected"),
     ("GetCompositeSchedule", "recon", "low", "Rejected"),
-    ("SetTime", "clock", "high", "Rejected"),  # pseudo-action for clock sources (NTP/CSMS heartbeat)
 ]
 _CHARGER_NEVER_REFUSE = [
     # stopping energy flow is the safe direction

@@ -229,7 +229,7 @@ class Engine:
             self.last_bundle_rejection = exc.reason
             raise
         live = rs.sites()
-        for table in (self.memory.windows, self.memory.decays, self.memory.seen, self.memory.last, self.memory.baselines):
+        for table in (self.memory.windows, self.memory.decays, self.memory.seen, self.memory.firsts, self.memory.last, self.memory.baselines):
             for site in [s for s in table if s not in live]:
                 del table[site]
         self._set_ruleset(rs)

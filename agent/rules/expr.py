@@ -224,6 +224,7 @@ _STATE_PARAMS: dict[str, tuple[tuple[str, ...], int]] = {
     "count": (("within", "by"), 1),
     "decayed": (("half_life", "by", "inc"), 1),
     "first_seen": (("value", "ttl"), 2),
+    "known_for": (("value",), 1),
     "since": (("pattern", "by", "where"), 1),
     "unusual": (("by", "warmup", "min_count", "floor", "hold", "min_mass"), 0),
 }
@@ -286,7 +287,7 @@ class _Compiler:
         line = self.line
         lineno = getattr(node, "lineno", None)
         if line is not None and lineno is not None:
-            line += lineno - 1
+            line += max(0, lineno - 2)
         return RuleLoadError(reason, rule_id=self.rule_id, line=line, source=self.source_name)
 
     def compile(self, source: str) -> Compiled:
@@ -297,7 +298,8 @@ class _Compiler:
         if _nesting(source) > MAX_NESTING:
             raise self.fail(f"expression nests brackets deeper than {MAX_NESTING}")
         try:
-            tree = ast.parse(source.strip(), mode="eval")
+            # wrapped in brackets so an expression may span lines; line 1 is the "("
+            tree = ast.parse(f"(\n{source}\n)", mode="eval")
         except SyntaxError as exc:
             raise self.fail(f"syntax error: {exc.msg}", exc) from None
         except (RecursionError, MemoryError, ValueError) as exc:
@@ -668,6 +670,9 @@ class _Compiler:
                 vf = self.visit(b["value"]).fn
                 ttl = self._const_param(name, "ttl", b["ttl"], None, "ms")
                 return _C(lambda e: e.mem.first_seen(site, keystr(vf(e)), e.now, ttl))
+            if name == "known_for":
+                kv = self.visit(b["value"]).fn
+                return _C(lambda e: e.mem.known_for(site, keystr(kv(e)), e.now))
             if name == "since":
                 pats = self._const_param(name, "pattern", b["pattern"], None, "patterns")
                 where = self.visit(b["where"]).fn if "where" in b else None

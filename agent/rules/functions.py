@@ -6,7 +6,10 @@ False rather than an exception, so one odd command never makes a rule crash.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fnmatch
+import hashlib
 import ipaddress
 import json
 import math
@@ -34,11 +37,16 @@ def glob_matcher(patterns: str | tuple[str, ...] | list[str]) -> Callable[[Any],
     rx = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in pats)) if pats else None
 
     def match(s: Any) -> bool:
+        if type(s) in (list, tuple):
+            return any(match(x) for x in s[:64] if isinstance(x, str))
         return rx is not None and isinstance(s, str) and rx.match(s) is not None
     return match
 
 
 def glob(s: Any, patterns: Any) -> bool:
+    """True if ``s`` (or, for a list, any of its first 64 strings) matches any pattern."""
+    if type(s) in (list, tuple):
+        return any(glob(x, patterns) for x in s[:64] if isinstance(x, str))
     if not isinstance(s, str):
         return False
     if isinstance(patterns, str):
@@ -210,6 +218,80 @@ def fabs(value: Any) -> Any:
     return abs(_numbers((value,))[0])
 
 
+def basename(url: Any) -> str | None:
+    if not isinstance(url, str) or len(url) > 4096:
+        return None
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return None
+    return path.rsplit("/", 1)[-1] or None
+
+
+_PEM_RE = re.compile(r"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----")
+
+
+def fingerprint(pem: Any) -> str | None:
+    """SHA-256 (hex) of the DER of the first certificate in a PEM string."""
+    if not isinstance(pem, str) or len(pem) > MAX_TEXT:
+        return None
+    m = _PEM_RE.search(pem)
+    if m is None:
+        return None
+    try:
+        der = base64.b64decode("".join(m.group(1).split()), validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return hashlib.sha256(der).hexdigest()
+
+
+def setting(args: Any, names: Any) -> Any:
+    """The value an OCPP config write sets for one of ``names``: 1.6J ChangeConfiguration
+    {key, value} or 2.0.1 SetVariables {set_variable_data: [{variable: {name}, attribute_value}]}."""
+    if type(args) is not dict:
+        return None
+    if isinstance(names, str):
+        names = (names,)
+    k = args.get("key")
+    if isinstance(k, str) and k in names:
+        return args.get("value")
+    items = args.get("set_variable_data")
+    if type(items) is list:
+        for item in items[:64]:
+            var = item.get("variable") if type(item) is dict else None
+            if type(var) is dict and var.get("name") in names:
+                return item.get("attribute_value")
+    return None
+
+
+def profile_limit_a(args: Any, volts: float = 230.0) -> float | None:
+    """Highest limit in a SetChargingProfile (1.6J or 2.0.1), in amps per phase (W converted)."""
+    if type(args) is not dict:
+        return None
+    prof = args.get("cs_charging_profiles") or args.get("charging_profile")
+    if type(prof) is not dict:
+        return None
+    schedules = prof.get("charging_schedule")
+    if type(schedules) is dict:
+        schedules = [schedules]
+    if type(schedules) is not list:
+        return None
+    best = None
+    for sch in schedules[:8]:
+        if type(sch) is not dict or type(sch.get("charging_schedule_period")) is not list:
+            continue
+        watts = str(sch.get("charging_rate_unit", "A")).upper() == "W"
+        for period in sch["charging_schedule_period"][:64]:
+            lim = period.get("limit") if type(period) is dict else None
+            if isinstance(lim, bool) or not isinstance(lim, (int, float)):
+                continue
+            if watts:
+                phases = period.get("number_phases") or 3
+                lim = lim / (volts * (phases if isinstance(phases, int) and 1 <= phases <= 3 else 3))
+            best = lim if best is None else max(best, lim)
+    return best
+
+
 #: name -> (function, min args, max args)
 PURE: dict[str, tuple[Callable[..., Any], int, int]] = {
     "glob": (glob, 2, 2),
@@ -225,6 +307,10 @@ PURE: dict[str, tuple[Callable[..., Any], int, int]] = {
     "ver": (ver, 1, 1),
     "ts": (ts, 1, 1),
     "key": (key, 1, 8),
+    "basename": (basename, 1, 1),
+    "fingerprint": (fingerprint, 1, 1),
+    "setting": (setting, 2, 2),
+    "profile_limit_a": (profile_limit_a, 1, 1),
     "min": (fmin, 2, 8),
     "max": (fmax, 2, 8),
     "abs": (fabs, 1, 1),

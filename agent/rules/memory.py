@@ -33,12 +33,13 @@ def hour_of_week(now_ms: int, utc_offset_min: int = 0) -> int:
 
 
 class Memory:
-    __slots__ = ("windows", "decays", "seen", "last", "baselines", "fired", "dropped")
+    __slots__ = ("windows", "decays", "seen", "firsts", "last", "baselines", "fired", "dropped")
 
     def __init__(self) -> None:
         self.windows: dict[str, dict[str, deque[int]]] = {}
         self.decays: dict[str, dict[str, list[float]]] = {}
         self.seen: dict[str, dict[str, int]] = {}
+        self.firsts: dict[str, dict[str, int]] = {}
         self.last: dict[str, dict[str, int]] = {}
         self.baselines: dict[str, dict[str, list[Any]]] = {}
         self.fired: dict[str, int] = {}
@@ -101,6 +102,15 @@ class Memory:
             self._evict(d, "seen")
         d[value] = now
         return last is None or now - last > ttl_ms
+
+    def known_for(self, site: str, value: str, now: int) -> int:
+        """Milliseconds since ``value`` was first seen (0 the first time)."""
+        d = self._site(self.firsts, site)
+        first = d.get(value)
+        if first is None:
+            self._evict(d, "firsts")
+            d[value] = first = now
+        return max(0, now - first)
 
     # -- sequences -----------------------------------------------------------------
     def note(self, site: str, key: str, now: int) -> None:
@@ -170,7 +180,7 @@ class Memory:
     def to_state(self) -> dict[str, Any]:
         return {
             "windows": {s: {k: list(q) for k, q in d.items()} for s, d in self.windows.items()},
-            "decays": self.decays, "seen": self.seen, "last": self.last,
+            "decays": self.decays, "seen": self.seen, "firsts": self.firsts, "last": self.last,
             "baselines": self.baselines, "fired": self.fired,
         }
 
@@ -184,7 +194,7 @@ class Memory:
                 m.windows[s] = {k: deque(int(t) for t in q) for k, q in d.items()}
             for s, d in _table(state, "decays").items():
                 m.decays[s] = {k: [float(v[0]), int(v[1])] for k, v in d.items()}
-            for name in ("seen", "last"):
+            for name in ("seen", "firsts", "last"):
                 getattr(m, name).update({s: {k: int(t) for k, t in d.items()} for s, d in _table(state, name).items()})
             for s, d in _table(state, "baselines").items():
                 m.baselines[s] = {k: _check_baseline(v) for k, v in d.items()}
