@@ -31,7 +31,7 @@ _GEAR_LETTER = {GEAR_P: "P", GEAR_D: "D", GEAR_N: "N", GEAR_R: "R"}
 PLACES: dict[str, tuple[float, float, float]] = {
     # name: (lat, lon, radius km)
     "home": (48.1374, 11.5755, 0.15),
-    "garage": (48.1375, 11.5756, 0.02),  # enclosed, inside "home"
+    "garage": (48.1381, 11.5763, 0.02),  # enclosed, inside "home" (~90 m from the drive)
     "work": (48.1620, 11.5860, 0.3),
     "dealer": (48.1200, 11.5400, 0.25),
     "supermarket": (48.1450, 11.5600, 0.2),
