@@ -2,7 +2,7 @@
 and the owner's app. Each speaks through principals that carry what real ones carry:
 
 - an identity and role (owner, provider, dealer, employee, roadside, fleet_admin),
-- an OAuth/KUKSA-style token (claims ``aud`` = VIN, ``scope`` list, ``iat``/``exp`` in s),
+- an OAuth/KUKSA-style token (claims ``aud`` = VIN, ``scope`` list, ``iat``/``exp`` in ms),
 - optionally a Tesla-style virtual key: commands signed with Ed25519 over a canonical
   payload carrying a fresh nonce and the send time, verified by the TCU,
 - a network address, and latency (the command reaches the car ``latency_ms`` later).
@@ -44,9 +44,10 @@ class Principal:
     signing_key: Ed25519PrivateKey | None = field(default=None, repr=False)
 
     def claims(self, vin: str, now_ms: int) -> dict[str, Any]:
-        iat = self.token_issued_ms // 1000
+        """Token claims as the TCU sees them (times in ms, like every time in a record)."""
+        iat = self.token_issued_ms
         return {"sub": self.id, "aud": self.audience or vin, "scope": list(self.scopes),
-                "iat": iat, "exp": iat + self.token_ttl_s}
+                "iat": iat, "exp": iat + self.token_ttl_s * 1000}
 
 
 class Backend:
@@ -97,7 +98,7 @@ class Backend:
         lo, hi = self.latency_ms
         await self.clock.sleep(self.rng.uniform(lo, hi) / 1000)
         self.sent += 1
-        return vehicle.execute(cmd, self.clock.now_ms())
+        return await vehicle.execute(cmd, self.clock.now_ms())
 
     async def send(self, vehicle: VehicleModel, p: Principal, name: str, **args: Any) -> CommandResult:
         return await self.deliver(vehicle, self.command(p, vehicle.vin, name, **args))

@@ -16,6 +16,7 @@ pairing consent) are recorded as ``tcu.event.*`` and reach the twin.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -285,20 +286,26 @@ class VehicleModel:
             return False
         return True
 
-    def execute(self, cmd: RemoteCommand, now_ms: int) -> CommandResult:
+    async def execute(self, cmd: RemoteCommand, now_ms: int) -> CommandResult:
         self.publish()    # the agent judges against fresh readings
-        src = {"id": cmd.principal, "auth": cmd.auth, "role": cmd.role, "channel": cmd.channel}
+        src: dict[str, Any] = {"id": cmd.principal, "auth": cmd.auth, "role": cmd.role, "channel": cmd.channel}
         if cmd.kid:
             src["kid"] = cmd.kid
         if cmd.net:
             src["net"] = cmd.net
-        args = dict(cmd.args)
         if cmd.token is not None:
-            args["token"] = dict(cmd.token)
+            src["token"] = dict(cmd.token)   # claims, never the token itself
         sig = self.signature_ok(cmd)
-        if sig is not None or cmd.nonce is not None:
-            args["sig"] = {"ok": sig, "nonce": cmd.nonce, "ts": cmd.sent_ms}
+        if sig is not None:
+            src["sig"] = "valid" if sig else "invalid"
+        if cmd.nonce is not None:
+            src["nonce"] = cmd.nonce
+        if cmd.sent_ms is not None:
+            src["ts"] = cmd.sent_ms
+        args = dict(cmd.args)
         verdict = self.link.check(cmd.name, args, src, self.vin)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
         if verdict.refused:
             return CommandResult("deferred" if verdict.v == "defer" else "rejected", verdict)
         if sig is False:

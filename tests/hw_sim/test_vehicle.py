@@ -49,9 +49,10 @@ async def test_signed_command_carries_token_signature_and_nonce_to_the_agent():
     assert res.status == "ok" and link.state["vehicle.doors_locked"] is False
     cmd, args, src, sub = link.checks[-1]
     assert cmd == "tcu.door_unlock" and sub == car.vin
-    assert src == {"id": "owner-1", "auth": "oauth", "role": "owner", "channel": "app", "kid": "app:owner-1",
-                   "net": "100.64.7.9"}
-    assert args["token"]["aud"] == car.vin and args["sig"]["ok"] is True and args["sig"]["nonce"]
+    assert {k: src[k] for k in ("id", "auth", "role", "channel", "kid", "net")} == {
+        "id": "owner-1", "auth": "oauth", "role": "owner", "channel": "app", "kid": "app:owner-1", "net": "100.64.7.9"}
+    assert src["token"]["aud"] == car.vin and src["sig"] == "valid" and src["nonce"]
+    assert 0 < clock.now_ms() - src["ts"] < 1000   # sent one network latency ago
 
 
 async def test_replayed_command_is_identical_and_forged_signature_fails():
@@ -63,11 +64,11 @@ async def test_replayed_command_is_identical_and_forged_signature_fails():
     await app.deliver(car, cmd)
     clock.advance(2 * 3600 * 1000)
     await app.replay(car, cmd)
-    first, second = link.checks[-2][1], link.checks[-1][1]
-    assert first["sig"] == second["sig"]          # same nonce, same timestamp: a replay
+    first, second = link.checks[-2][2], link.checks[-1][2]
+    assert (first["nonce"], first["ts"]) == (second["nonce"], second["ts"])   # a replay: same nonce and time
     stranger = dealer_portal(clock).principal("x", "dealer", signing=True)   # key not enrolled
     res = await app.deliver(car, app.command(stranger, car.vin, "door_unlock"))
-    assert res.status == "rejected" and link.checks[-1][1]["sig"]["ok"] is False
+    assert res.status == "rejected" and link.checks[-1][2]["sig"] == "invalid"
 
 
 async def test_refused_verdict_is_not_carried_out():
