@@ -66,6 +66,11 @@ class MqttProbe:
         self.c.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload), m.retain))
         self.c.on_publish = lambda c, u, mid, rc, p: self.acks.append((mid, str(rc)))
         self.subacks: set[int] = set()
+        self.disconnects = 0
+
+        def on_disconnect(c, u, f, rc, p) -> None:
+            self.disconnects += 1
+        self.c.on_disconnect = on_disconnect
         self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.add(mid)
         self.connected = threading.Event()
         self.c.on_connect = lambda c, u, f, rc, p: self.connected.set() if not rc.is_failure else None
