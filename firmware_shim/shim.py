@@ -20,6 +20,7 @@ Portable core: runs unchanged on CPython and MicroPython.
 from firmware_shim import compat
 from firmware_shim.config import SHIM_VERSION, ShimConfig
 from firmware_shim.framing import FrameDecoder, FrameEncodeError, FrameError, encode_frame
+from firmware_shim.ring import Entry, Ring
 from firmware_shim.transport import SocketTransport, TransportError
 from firmware_shim.verdict import Verdict
 
@@ -28,16 +29,6 @@ __all__ = ["Shim", "ShimConfig", "PROTOCOL_VERSION", "SHIM_VERSION"]
 PROTOCOL_VERSION = 1
 
 _REC_FIELDS = ("src", "sub", "st", "lat", "rq", "rs")
-
-
-class _Entry:
-    # kind: "rec" | "upd" | "chk" | "drop" | "hello"; state of a chk: "queued" | "sent"
-    def __init__(self, frame, kind, cid=None, priority=False):
-        self.frame = frame
-        self.kind = kind
-        self.cid = cid
-        self.priority = priority
-        self.state = "queued"
 
 
 class Shim:
@@ -49,11 +40,8 @@ class Shim:
         self.config = config
         self._transport = transport if transport is not None else SocketTransport(config.agent)
         self._io_lock = compat.make_lock()
-        self._q_lock = compat.make_lock()
-        self._queue = []
-        self._queued_bytes = 0
-        self._queued_recs = 0
-        self._pending_drops = {}
+        self._ring = Ring(config.ring_frames, config.ring_bytes)
+        self._twin_lock = compat.make_lock()
         self._twin = {}
         self._out = None
         self._out_pos = 0
@@ -70,7 +58,6 @@ class Shim:
         self._wake = None
         self._stopping = False
         self.counters = {}
-        self.dropped = {}
 
     # -- public API --------------------------------------------------------------------
 
@@ -101,7 +88,7 @@ class Shim:
                 self._drop("unencodable", 1)
                 return
             self._count("records")
-            self._enqueue(_Entry(frame, "rec", None, priority))
+            self._ring.push(Entry(frame, "rec", None, priority))
             self._io_from_caller()
         except Exception:  # noqa: BLE001 - the promise is "never raises"; counted
             self._count("record_errors")
@@ -111,7 +98,7 @@ class Shim:
         try:
             if _state:
                 state.update(_state)
-            if not compat.acquire(self._q_lock, 50):
+            if not compat.acquire(self._twin_lock, 50):
                 self._drop("twin_busy", len(state))
                 return
             try:
@@ -121,7 +108,7 @@ class Shim:
                         continue
                     self._twin[key] = state[key]
             finally:
-                self._q_lock.release()
+                self._twin_lock.release()
             self._count("updates")
             self._io_from_caller()
         except Exception:  # noqa: BLE001 - never raises; counted
@@ -145,10 +132,10 @@ class Shim:
                 frame = encode_frame({"t": "chk", "id": cid, "c": c, "dl": deadline}, self.config.max_frame_bytes)
             except FrameEncodeError:
                 return self._fallback(command, "unencodable")
-            entry = _Entry(frame, "chk", cid)
+            entry = Entry(frame, "chk", cid)
             self._materialize_twin(True)
             self._awaiting[cid] = entry
-            self._enqueue(entry)
+            self._ring.push(entry)
             reply = None
             tried_connect = False
             while True:
@@ -206,7 +193,7 @@ class Shim:
             self._wake_pump()
             if self._pump is None:
                 self.poll(min(10, timeout_ms))
-            if not self._queue and self._out is None and not self._twin:
+            if not len(self._ring) and self._out is None and not self._twin:
                 return True
             if compat.ticks_diff(compat.ticks_ms(), started) >= timeout_ms:
                 return False
@@ -215,9 +202,9 @@ class Shim:
 
     def stats(self):
         out = dict(self.counters)
-        out["dropped"] = dict(self.dropped)
-        out["queued_frames"] = len(self._queue)
-        out["queued_bytes"] = self._queued_bytes
+        out["dropped"] = dict(self._ring.dropped)
+        out["queued_frames"] = len(self._ring)
+        out["queued_bytes"] = self._ring.bytes
         out["connected"] = self._connected
         return out
 
@@ -251,73 +238,33 @@ class Shim:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def _drop(self, reason, n):
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
-        self._pending_drops[reason] = self._pending_drops.get(reason, 0) + n
-
-    def _drop_entries(self):
-        entries = []
-        for reason in list(self._pending_drops):
-            n = self._pending_drops.pop(reason)
-            entries.append(_Entry(encode_frame({"t": "drop", "n": n, "reason": reason}), "drop"))
-        return entries
-
-    def _enqueue(self, entry):
-        """Append to the ring. Records count against `ring_frames`/`ring_bytes`; the shim's
-        own security records (`priority`) may also use a reserve of a quarter more; checks,
-        twin and drop frames are bounded elsewhere (one per waiting caller, `twin_keys`)."""
-        compat.acquire(self._q_lock, 1000)
-        try:
-            size = len(entry.frame)
-            if entry.kind == "rec":
-                frames, limit_bytes = self.config.ring_frames, self.config.ring_bytes
-                if entry.priority:
-                    frames += max(1, frames // 4)
-                    limit_bytes += limit_bytes // 4
-                if self._queued_recs >= frames or self._queued_bytes + size > limit_bytes:
-                    self._drop("ring_overflow", 1)
-                    return False
-                self._queued_recs += 1
-            if self._pending_drops:
-                for drop in self._drop_entries():  # mark the gap where it is
-                    self._queue.append(drop)
-                    self._queued_bytes += len(drop.frame)
-            self._queue.append(entry)
-            self._queued_bytes += size
-            return True
-        finally:
-            self._q_lock.release()
+        self._ring.drop(reason, n)
 
     def _materialize_twin(self, force):
         """Turn pending twin values into one `upd` frame. Unless `force` (a check needs the
         latest state ahead of it), a full ring leaves them pending to coalesce further."""
         if not self._twin:
             return
-        compat.acquire(self._q_lock, 1000)
+        if not force and self._ring.full():
+            return
+        compat.acquire(self._twin_lock, 1000)
         try:
-            if not force and self._queued_recs >= self.config.ring_frames:
-                return
             twin = self._twin
             self._twin = {}
         finally:
-            self._q_lock.release()
+            self._twin_lock.release()
         try:
             frame = encode_frame({"t": "upd", "s": twin}, self.config.max_frame_bytes)
         except FrameEncodeError:
             self._drop("unencodable", len(twin))
             return
-        self._enqueue(_Entry(frame, "upd"))
+        self._ring.push(Entry(frame, "upd"))
 
     def _forget(self, cid):
         entry = self._awaiting.pop(cid, None)
         self._replies.pop(cid, None)
         if entry is not None and entry.state == "queued":
-            compat.acquire(self._q_lock, 1000)
-            try:
-                if entry in self._queue:  # never sent: a stale check must not reach the agent
-                    self._queue.remove(entry)
-                    self._queued_bytes -= len(entry.frame)
-            finally:
-                self._q_lock.release()
+            self._ring.remove(entry)  # never sent: a stale check must not reach the agent
 
     # -- I/O (caller holds _io_lock) -----------------------------------------------------
 
@@ -358,26 +305,16 @@ class Shim:
         self._count("connects")
         self._decoder = FrameDecoder(self.config.max_frame_bytes)
         self._since_read = 0
-        compat.acquire(self._q_lock, 1000)
-        try:
-            front = []
-            if self._out is not None:  # partly sent on the old connection: resend whole
-                front.append(self._out)
-                self._queued_bytes += len(self._out.frame)
-                if self._out.kind == "rec":
-                    self._queued_recs += 1
-                self._out = None
-            for cid in sorted(self._awaiting):  # sent but unanswered checks: ask again
-                entry = self._awaiting[cid]
-                if entry.state == "sent":
-                    entry.state = "queued"
-                    front.append(entry)
-                    self._queued_bytes += len(entry.frame)
-            hello = _Entry(encode_frame({"t": "hello", "v": PROTOCOL_VERSION, "sw": self.config.sw}), "hello")
-            self._queue = [hello] + front + self._queue
-            self._queued_bytes += len(hello.frame)
-        finally:
-            self._q_lock.release()
+        front = [Entry(encode_frame({"t": "hello", "v": PROTOCOL_VERSION, "sw": self.config.sw}), "hello")]
+        if self._out is not None:  # partly sent on the old connection: resend whole
+            front.append(self._out)
+            self._out = None
+        for cid in sorted(self._awaiting):  # sent but unanswered checks: ask again
+            entry = self._awaiting[cid]
+            if entry.state == "sent":
+                entry.state = "queued"
+                front.append(entry)
+        self._ring.push_front(front)
 
     def _disconnect(self, reason):
         if self._connected:
@@ -393,28 +330,15 @@ class Shim:
         early once `want_cid` is answered."""
         started = compat.ticks_ms()
         try:
-            if not self._queue and self._pending_drops and self._out is None:
-                compat.acquire(self._q_lock, 1000)
-                try:
-                    for drop in self._drop_entries():
-                        self._queue.append(drop)
-                        self._queued_bytes += len(drop.frame)
-                finally:
-                    self._q_lock.release()
+            if self._out is None:
+                self._ring.flush_drops()
             self._materialize_twin(False)
             while True:
                 if self._out is None:
-                    compat.acquire(self._q_lock, 1000)
-                    try:
-                        if not self._queue:
-                            break
-                        self._out = self._queue.pop(0)
-                        self._queued_bytes -= len(self._out.frame)
-                        if self._out.kind == "rec":
-                            self._queued_recs -= 1
-                        self._out_pos = 0
-                    finally:
-                        self._q_lock.release()
+                    self._out = self._ring.pop()
+                    if self._out is None:
+                        break
+                    self._out_pos = 0
                 entry = self._out
                 n = self._transport.send(memoryview(entry.frame)[self._out_pos :], 0)
                 if n == 0:
@@ -496,7 +420,7 @@ class Shim:
                         self._io_step(self.config.pump_interval_ms, 0, None)
                 finally:
                     self._io_lock.release()
-            if self._queue and self._connected:
+            if len(self._ring) and self._connected:
                 continue
             if self._wake is not None:
                 self._wake.wait(self.config.pump_interval_ms / 1000)

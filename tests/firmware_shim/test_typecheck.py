@@ -24,6 +24,7 @@ PORTABLE = [
     "redact.py",
     "verdict.py",
     "config.py",
+    "ring.py",
     "shim.py",
 ]
 STUB_DISTS = ("micropython-esp32-stubs", "micropython-stdlib-stubs")
