@@ -19,6 +19,11 @@ from pathlib import Path
 MOSQUITTO = os.environ.get("VERITRAIL_MOSQUITTO", "/usr/sbin/mosquitto")
 
 
+# Started as root, Mosquitto drops to user "mosquitto", which cannot read the test's 0700
+# temp dirs and then runs *without persistence*. Keep the test's own user.
+_USER = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,7 +52,7 @@ def _port_open(port: int) -> bool:
 
 class Broker:
     def __init__(self, directory: Path, *, extra_conf: str = "", port: int | None = None,
-                 listener_conf: str | None = None) -> None:
+                 listener_conf: str | None = None, config_text: str | None = None) -> None:
         if not shutil.which(MOSQUITTO) and not os.path.exists(MOSQUITTO):
             raise RuntimeError(f"mosquitto not found at {MOSQUITTO}")
         self.dir = Path(directory)
@@ -57,6 +62,13 @@ class Broker:
         self.log = self.dir / "mosquitto.log"
         (self.dir / "data").mkdir(exist_ok=True)
         listener = listener_conf if listener_conf is not None else "allow_anonymous true\n"
+        if config_text is not None:  # a complete config (e.g. deploy/mosquitto), port already in it
+            self.conf.write_text(config_text + f"\nlog_dest file {self.log}\n{_USER}")
+        else:
+            self._write_default(listener, extra_conf)
+        self.proc: subprocess.Popen | None = None
+
+    def _write_default(self, listener: str, extra_conf: str) -> None:
         self.conf.write_text(
             f"per_listener_settings false\n"
             f"listener {self.port} 127.0.0.1\n{listener}"
@@ -64,9 +76,8 @@ class Broker:
             f"autosave_interval 1\nautosave_on_changes false\n"
             f"max_queued_messages 100000\nmax_inflight_messages 20\n"
             f"message_size_limit 262144\npersistent_client_expiration 1d\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\n{extra_conf}"
+            f"log_dest file {self.log}\nlog_type error\nlog_type warning\n{_USER}{extra_conf}"
         )
-        self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 10.0) -> "Broker":
         if self.proc is not None and self.proc.poll() is None:
