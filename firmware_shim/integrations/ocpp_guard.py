@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ocpp.messages import validate_payload
+from ocpp.messages import validate_payload  # type: ignore[import-untyped]
 
 from firmware_shim.shim import Shim
 from firmware_shim.verdict import Verdict
