@@ -39,7 +39,7 @@ class IngestConfig:
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_connections: int = 64             # more are refused (counted: conn_limit)
     max_pending_replies: int = 1024       # per connection: chk/sync rec awaiting durability; more get err/busy
-    backlog_records: int = 32768          # sealed-not-yet-committed records before reading pauses
+    backlog_records: int = 4096           # sealed-not-yet-committed records before reading pauses
 
     def __post_init__(self) -> None:
         _positive("ingest", "tcp_port", self.tcp_port, 0, 65535)
@@ -69,7 +69,7 @@ class LedgerConfig:
 class SpoolConfig:
     path: str = "spool.db"
     max_bytes: int = 64 * 1024 * 1024     # record + checkpoint bytes kept (SQLite adds ~20-40 %)
-    cache_kib: int = 1024                 # SQLite page cache per connection
+    cache_kib: int = 512                  # SQLite page cache per connection
 
     def __post_init__(self) -> None:
         _positive("spool", "max_bytes", self.max_bytes, 4096)

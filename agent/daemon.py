@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import importlib
 import logging
 import os
@@ -214,6 +215,9 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
                 loop.add_signal_handler(sig, stop.set)
         log.info("agent %s running: device %s boot %d seq %d", VERSION, config.device_id, state.boot,
                  sealer.next_seq)
+        # Start-up objects (modules, rules, keys) never die: keep them out of every GC pass,
+        # so collections triggered by the per-frame dicts only look at young objects.
+        gc.freeze()
         if ready is not None:
             ready()
         async with asyncio.TaskGroup() as tg:

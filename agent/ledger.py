@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import LedgerConfig
 from .core.chain import Sealed, Sealer
+from .core.errors import RecordInvalid
 from .core.verify import EVICTED
 from .errors import SpoolError
 from .spool import Eviction, Spool
@@ -45,7 +46,7 @@ def _wall_ms() -> int:
 
 
 class Ledger:
-    def __init__(self, spool: Spool, sealer: Sealer, config: LedgerConfig, *, backlog_records: int = 32768,
+    def __init__(self, spool: Spool, sealer: Sealer, config: LedgerConfig, *, backlog_records: int = 4096,
                  mono_ms: Callable[[], int] = _mono_ms, wall_ms: Callable[[], int] = _wall_ms,
                  counters: Counter[str] | None = None) -> None:
         self.spool = spool
@@ -96,6 +97,31 @@ class Ledger:
         if self.sealer.pending >= self._max_records:
             self._seal("size")
         return seq
+
+    def append_batch(self, batch: list[dict[str, Any]]) -> list[RecordInvalid]:
+        """Many api/state records read together; cuts checkpoints at exactly ``checkpoint_records``.
+        Returns the errors of records that could not be encoded (the others are kept)."""
+        if self.full:
+            self.counters["drop.spool_full"] += len(batch)
+            self._drops_since_summary["spool_full"] += len(batch)
+            return []
+        sealer, max_records, problems = self.sealer, self._max_records, []
+        i, n = 0, len(batch)
+        while i < n:
+            room = max_records - sealer.pending
+            chunk = batch if (i == 0 and n <= room) else batch[i:i + room]
+            try:
+                sealer.append_batch(chunk, self.mono, self.wall)
+            except RecordInvalid:  # all-or-nothing: redo one by one to keep the good ones
+                for fields in chunk:
+                    try:
+                        sealer.append(fields, self.mono, self.wall)
+                    except RecordInvalid as exc:
+                        problems.append(exc)
+            i += len(chunk)
+            if sealer.pending >= max_records:
+                self._seal("size")
+        return problems
 
     def append_security(self, fields: dict[str, Any]) -> int:
         """A cmd/alert/agent record: never dropped; its checkpoint is cut in this loop iteration."""

@@ -5,7 +5,8 @@ and ``secure_delete=ON``. One transaction per commit holds the new checkpoints, 
 records, the chain state (which carries the forward-secure key K_next) and the counters,
 so after a crash the file holds either all of a checkpoint or none of it.
 
-Tables: ``blocks`` (one row per checkpoint), ``records`` (one row per record, by seq),
+Tables: ``blocks`` (one row per checkpoint: its COSE message and its records as one msgpack
+array of the record bytes, so a checkpoint is one row write, not 256),
 ``state_a``/``state_b`` (two checksummed copies of the chain state on separate pages),
 ``meta`` (where the spool starts after receipts, last receipt), ``counters`` (drops and
 damage by reason), ``evictions`` (ranges evicted for space, with their last checkpoint hash).
@@ -36,8 +37,7 @@ from .core.record import SECURITY_KINDS, leaf_hash
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks(cp INTEGER PRIMARY KEY, first INTEGER NOT NULL, last INTEGER NOT NULL,
     boot INTEGER NOT NULL, sec INTEGER NOT NULL, nbytes INTEGER NOT NULL, hash BLOB NOT NULL,
-    message BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS records(seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    message BLOB NOT NULL, records BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state_a(id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state_b(id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -102,6 +102,20 @@ def decode_state(blob: bytes) -> ChainState | None:
     if v != _STATE_VERSION:
         return None
     return ChainState(dev, boot, next_seq, next_cp, prev, fs)
+
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpack_records(blob: bytes) -> list[bytes]:
+    """The record bytes of one block; ValueError when the blob is not an array of bin."""
+    try:
+        records = msgpack.unpackb(blob, raw=False, max_bin_len=1 << 20, max_array_len=1 << 20)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError(type(exc).__name__) from None
+    if type(records) is not list or not all(type(r) is bytes for r in records):
+        raise ValueError("not an array of record bytes")
+    return records
 
 
 def _connect(path: str, *, readonly: bool, cache_kib: int) -> sqlite3.Connection:
@@ -190,7 +204,7 @@ class Spool:
                 next_cp, next_seq, prev = row[0] + 1, max(next_seq, row[1] + 1), row[2]
                 boot = row[3] if row[3] is not None else boot
         try:
-            row = self._read_one("SELECT MAX(seq) FROM records")
+            row = self._read_one("SELECT MAX(last) FROM blocks")
             if row is not None and row[0] is not None:
                 next_seq = max(next_seq, row[0] + 1)
         except sqlite3.DatabaseError:
@@ -206,16 +220,14 @@ class Spool:
         added = 0
         rows = []
         for b in blocks:
-            nbytes = len(b.message) + sum(map(len, b.records))
+            packed = _packb(b.records)
+            nbytes = len(b.message) + len(packed)
             sec = 0 if SECURITY_KINDS.isdisjoint(b.kinds) else 1
-            rows.append((b.cp, b.first, b.last, b.state.boot, sec, nbytes, b.hash, b.message))
+            rows.append((b.cp, b.first, b.last, b.state.boot, sec, nbytes, b.hash, b.message, packed))
             added += nbytes
 
         def work(c: sqlite3.Connection) -> int:
-            c.executemany("INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)", rows)
-            for b in blocks:
-                if b.records:
-                    c.executemany("INSERT INTO records VALUES (?,?)", zip(range(b.first, b.last + 1), b.records))
+            c.executemany("INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?,?)", rows)
             freed = 0
             if evict is not None:
                 freed = self._delete_blocks(c, "cp BETWEEN ? AND ?", (evict.first_cp, evict.last_cp))
@@ -237,13 +249,9 @@ class Spool:
             c.execute(f"INSERT OR REPLACE INTO {table} VALUES (1, ?)", (body,))
 
     def _delete_blocks(self, c: sqlite3.Connection, where: str, args: tuple) -> int:
-        row = c.execute(f"SELECT MIN(first), MAX(last), COALESCE(SUM(nbytes), 0) FROM blocks WHERE {where}",
-                        args).fetchone()
-        if row[0] is None:
-            return 0
-        c.execute("DELETE FROM records WHERE seq BETWEEN ? AND ?", (row[0], row[1]))
+        row = c.execute(f"SELECT COALESCE(SUM(nbytes), 0) FROM blocks WHERE {where}", args).fetchone()
         c.execute(f"DELETE FROM blocks WHERE {where}", args)
-        return int(row[2])
+        return int(row[0])
 
     def _txn(self, work: Any) -> Any:
         if self._w is None:
@@ -303,7 +311,7 @@ class Spool:
                 raise errors.ReceiptMismatch(cp, upto_seq, "checkpoint hash differs from ours")
             if last != upto_seq:
                 raise errors.ReceiptMismatch(cp, upto_seq, f"checkpoint ends at seq {last}")
-            n = c.execute("SELECT COUNT(*) FROM records WHERE seq <= ?", (upto_seq,)).fetchone()[0]
+            n = c.execute("SELECT COALESCE(SUM(last - first + 1), 0) FROM blocks WHERE cp <= ?", (cp,)).fetchone()[0]
             freed = self._delete_blocks(c, "cp <= ?", (cp,))
             c.execute("DELETE FROM evictions WHERE last_cp <= ?", (cp,))
             if boot is None:
@@ -342,13 +350,12 @@ class Spool:
         """One block, checked against its own checkpoint (count and Merkle root); damaged if not."""
         try:
             with self._rlock:
-                row = self._r.execute("SELECT message, hash FROM blocks WHERE cp = ?", (cp,)).fetchone()
-                records = [r[0] for r in self._r.execute(
-                    "SELECT data FROM records WHERE seq BETWEEN ? AND ? ORDER BY seq", (first, last))]
+                row = self._r.execute("SELECT message, hash, records FROM blocks WHERE cp = ?", (cp,)).fetchone()
+            records = _unpack_records(row[2])
             parsed = parse_checkpoint(row[0])
             ok = (parsed.cp == cp and parsed.first == first and parsed.n == len(records)
                   and parsed.hash == row[1] and merkle.root([leaf_hash(r) for r in records]) == parsed.root)
-        except (sqlite3.DatabaseError, CheckpointMalformed, TypeError):
+        except (sqlite3.DatabaseError, CheckpointMalformed, TypeError, ValueError):
             ok, row = False, None
         if ok:
             return SpooledCheckpoint(cp, first, last, row[0], row[1], records)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from firmware_shim.framing import FrameDecoder, encode_frame
+from .ingest import FrameReader as FrameDecoder, encode_frame
 
 from .config import AgentConfig
 from .errors import AgentError, StatusUnavailable

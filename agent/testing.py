@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware_shim.framing import FrameDecoder, encode_frame
+from .ingest import FrameReader as FrameDecoder, encode_frame
 
 from .core.chain import ChainState, Sealed, Sealer
 from .core.keys import generate_signer

@@ -1,0 +1,149 @@
+"""`veritrail bench ingest [--quick]`: records/s from a client over the Unix socket into the
+sealed, durable spool of a real daemon (separate process), against the chain floor.
+
+- ``records_per_s``: N ``rec`` frames sent as fast as the socket takes them, ended by one
+  ``sync`` record whose ``ok`` means everything before it is sealed and fsynced; timed from
+  the first byte sent to that ``ok``. Frames are encoded before the clock starts (the
+  firmware's cost is not the agent's).
+- ``floor_records_per_s``: bare ``msgpack.packb`` + one SHA-256 per record, same records,
+  same run (as in ``bench chain``).
+- ``peak_rss_mib``: the daemon's VmHWM after N records (1,000,000; 100,000 with --quick)
+  sit in its spool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from ..ingest import FrameReader as FrameDecoder, encode_frame
+
+GOAL_RATIO = 0.25
+GOAL_RSS_MIB = 40.0
+
+
+def _records(n: int) -> list[dict[str, Any]]:
+    apis = ("ocpp.MeterValues", "ocpp.StatusNotification", "ocpp.Heartbeat", "rest.GET /v1/status",
+            "tcu.telemetry", "ocpp.Authorize")
+    return [{"api": apis[i % 6], "src": {"id": "csms-1", "net": "10.0.0.7", "auth": "tls"},
+             "sub": f"conn-{i % 4}", "st": 200 if i % 50 else 500, "lat": 800 + (i * 37) % 5000,
+             "rq": 120 + i % 300, "rs": 64 + i % 90, "x": {"n": i}} for i in range(n)]
+
+
+def _floor(records: list[dict[str, Any]]) -> float:
+    packb, sha = msgpack.packb, hashlib.sha256
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for r in records:
+            sha(packb(r)).digest()
+        best = max(best, len(records) / (time.perf_counter() - t0))
+    return best
+
+
+def _frames(records: list[dict[str, Any]], per_chunk: int = 2048) -> list[bytes]:
+    packb, pack_len = msgpack.packb, struct.Struct(">I").pack
+    chunks = []
+    for i in range(0, len(records), per_chunk):
+        parts = []
+        for r in records[i:i + per_chunk]:
+            body = packb({"r": r, "t": "rec"})
+            parts.append(pack_len(len(body)))
+            parts.append(body)
+        chunks.append(b"".join(parts))
+    return chunks
+
+
+def _connect(path: Path, proc: subprocess.Popen, deadline_s: float = 30.0) -> socket.socket:
+    end = time.monotonic() + deadline_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode} before listening")
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(path))
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > end:
+                raise RuntimeError("daemon socket did not appear") from None
+            time.sleep(0.05)
+
+
+def _call(sock: socket.socket, obj: dict, want: str) -> dict:
+    sock.sendall(encode_frame(obj))
+    decoder = FrameDecoder(16 * 1024 * 1024)
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise RuntimeError("daemon closed the connection")
+        for item in decoder.feed(data):
+            if isinstance(item, dict) and item.get("t") == want:
+                return item
+            raise RuntimeError(f"unexpected reply {item!r}")
+
+
+def _vm(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{key} not in /proc/{pid}/status")
+
+
+def run(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    from ..daemon_cli import init_agent
+    n = 100_000 if quick else 1_000_000
+    progress(f"bench ingest: {n} records")
+    records = _records(n)
+    floor = _floor(records[: min(n, 200_000)])
+    progress(f"  floor (packb + sha256): {floor:,.0f} records/s")
+    chunks = _frames(records)
+    del records
+    with tempfile.TemporaryDirectory(prefix="vt-bench-ingest-") as tmp:
+        paths = init_agent(device_id="bench-dev", directory=tmp, quiet=True)
+        text = paths.config.read_text().replace("max_bytes = 67108864", "max_bytes = 4294967296")
+        paths.config.write_text(text)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(paths.config),
+                                 "--log-level", "WARNING"], env=env, stdin=subprocess.DEVNULL)
+        try:
+            sock = _connect(paths.state_dir / "agent.sock", proc)
+            rss_idle = _vm(proc.pid, "VmRSS")
+            progress(f"  daemon pid {proc.pid} up, RSS {rss_idle:.1f} MiB; sending")
+            t0 = time.perf_counter()
+            for chunk in chunks:
+                sock.sendall(chunk)
+            reply = _call(sock, {"t": "rec", "r": {"api": "bench.end"}, "sync": True, "id": 1}, "ok")
+            elapsed = time.perf_counter() - t0
+            rate = (n + 1) / elapsed
+            progress(f"  {n + 1} records durable in {elapsed:.2f} s: {rate:,.0f} records/s (last seq {reply['seq']})")
+            status = _call(sock, {"t": "status", "id": 2}, "status")["s"]
+            in_spool = status["spool"]["records"]
+            peak = _vm(proc.pid, "VmHWM")
+            progress(f"  spool holds {in_spool} records, {status['spool']['bytes']:,} bytes; peak RSS {peak:.1f} MiB")
+            sock.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {
+        "records": n, "records_per_s": round(rate), "floor_records_per_s": round(floor),
+        "ratio_to_floor": round(rate / floor, 3), "goal_ratio": GOAL_RATIO,
+        "peak_rss_mib": round(peak, 1), "goal_rss_mib": GOAL_RSS_MIB, "idle_rss_mib": round(rss_idle, 1),
+        "records_in_spool": in_spool, "seconds": round(elapsed, 2), "quick": quick,
+    }
