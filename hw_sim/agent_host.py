@@ -218,3 +218,44 @@ class LoopLink:
         if msg.get("t") != "verdict":
             return Verdict(v="allow", source=f"agent_error:{msg.get('code')}")
         return Verdict(v=msg["v"], rules=tuple(msg.get("r") or ()), seq=msg.get("seq"), why=msg.get("why"))
+
+    def as_shim(self) -> "LoopShim":
+        """This link with the firmware shim's call shape, for the shim's OCPP guard."""
+        return LoopShim(self, asyncio.get_running_loop())
+
+
+class LoopShim:
+    """``firmware_shim.Shim``'s surface (record, update, check from a worker thread, counters)
+    over a LoopLink, so the shim's own OCPP guard runs unchanged in a fleet. ``check`` is
+    called by the guard through ``asyncio.to_thread``; it hands the frame to the loop and
+    waits for the agent's reply there, bounded by ``deadline_ms`` (then: fail-open verdict,
+    as the shim's default policy, counted)."""
+
+    def __init__(self, link: LoopLink, loop: asyncio.AbstractEventLoop, deadline_ms: int = 5000) -> None:
+        self.link, self.loop, self.deadline_ms = link, loop, deadline_ms
+        self.counters: Counter[str] = Counter()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def record(self, api: str, src: Any = None, sub: Any = None, st: Any = None, lat: Any = None, rq: Any = None,
+               rs: Any = None, kind: Any = None, **extra: Any) -> None:
+        fields = {"src": src, "sub": sub, "st": st, "lat": lat, "rq": rq, "rs": rs, "kind": kind}
+        if extra:
+            fields["x"] = extra
+        self.link.record(api, **fields)
+
+    def update(self, _state: dict[str, Any] | None = None, **state: Any) -> None:
+        self.link.update(**(_state or {}), **state)
+
+    def check(self, command: str, args: Any = None, src: Any = None, sub: Any = None, deadline_ms: Any = None) -> Any:
+        from firmware_shim.verdict import Verdict as ShimVerdict
+        coro = self.link.check(command, args or {}, src if isinstance(src, dict) else {"id": src}, sub)
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            v = fut.result((deadline_ms or self.deadline_ms) / 1000)
+        except TimeoutError:
+            fut.cancel()
+            self._count("check_timeouts")
+            return ShimVerdict("allow", "fallback", "timeout")
+        return ShimVerdict(v.v, "agent", None, list(v.rules), v.seq, None, v.why)

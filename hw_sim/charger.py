@@ -95,6 +95,7 @@ class ChargerModel:
         self.local_list_version = 0
         self.tamper_open = False
         self.maintenance = False
+        self.owner_override = False   # the user asked for "charge now" (UK smart-charging override)
         self.wan_up = True
         self.boots = 0
         self._next_tx = 1000
@@ -204,6 +205,8 @@ class ChargerModel:
         self._emit("tx_stopped", connector_id=c.id, tx_id=tx_id, id_tag=c.id_tag, reason=reason,
                    meter_stop_wh=int(c.energy_wh))
         c.tx_id, c.id_tag, c.limit_a = None, None, None
+        if not self.active_tx:
+            self.owner_override = False
         if c.cp_state != "A":
             c.cp_state = "B"
             self._set_status(c, "Finishing")
@@ -323,6 +326,7 @@ class ChargerModel:
             "firmware.version": self.firmware_version,
             "net.wan_up": self.wan_up,
             "charger.maintenance": self.maintenance,
+            "charger.owner_override": self.owner_override,
             "charger.local_list_size": len(self.local_list),
         }
         for c in self.connectors.values():

@@ -72,12 +72,19 @@ class TwinPublisher:
 
 
 def apply_guard(cp: Any, link: DeviceLink, ocpp_version: str) -> Any:
-    """Wrap ``cp`` in the shim's OCPP guard when ``link`` is a real shim; returns the guard (or None)."""
+    """Install the shim's OCPP guard (firmware_shim.integrations.ocpp_guard) on ``cp``.
+
+    ``link`` must offer a shim: ``ShimLink.shim`` (the real Shim over its socket) or
+    ``LoopLink.as_shim()`` (the same verbs into an in-process agent). A link with neither
+    (``RecordingLink`` in model tests) leaves the charger unguarded; returns None then.
+    """
     shim = getattr(link, "shim", None)
+    if shim is None and hasattr(link, "as_shim"):
+        shim = link.as_shim()
     if shim is None:
         return None
-    from firmware_shim.integrations import ocpp_guard  # CPython-only integration of issue 6
-    return ocpp_guard.guard(cp, shim, ocpp_version=ocpp_version)
+    from firmware_shim.integrations.ocpp_guard import guard_charge_point
+    return guard_charge_point(cp, shim, csms_id="csms")
 
 
 class ChargerSession:

@@ -170,6 +170,7 @@ async def _charger_op(c: SimCharger, op: str, a: dict[str, Any]) -> None:
     elif op == "tamper":
         m.set_tamper(bool(a.get("open", True)))
     elif op == "remote_start":
+        m.owner_override = True    # started from the driver's app: an explicit "charge now"
         await c.remote_start(conn, str(a.get("id_tag", "APP")))
     elif op == "remote_stop":
         await c.remote_stop(conn)
