@@ -126,10 +126,13 @@ def test_window_state_survives_a_bundle_update(device, fleet):
     assert device.judge(RESET, T0 + 3).verdict == "defer"  # CP-03 counted across the swap
 
 
+_FUZZ_ENGINE = load_engine(device_class="charger")
+_FUZZ_KEY = Ed25519Signer.generate().public_bytes()
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=2048))
 def test_any_bytes_are_rejected_cleanly(data):
-    engine = load_engine(device_class="charger")
     with pytest.raises(BundleRejected):
-        engine.install_bundle(data, Ed25519Signer.generate().public_bytes())
-    assert engine.bundle_version == 0
+        _FUZZ_ENGINE.install_bundle(data, _FUZZ_KEY)
+    assert _FUZZ_ENGINE.bundle_version == 0

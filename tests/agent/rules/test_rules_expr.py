@@ -7,7 +7,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.rules import RuleLoadError, load_pack_text
+from agent.rules import RuleLoadError, load_engine, load_pack_text
 from agent.rules.errors import RuleEvalError
 from agent.rules.expr import Env, compile_when
 from agent.rules.memory import Memory
@@ -148,16 +148,18 @@ def test_any_text_compiles_or_is_refused(source):
         pass
 
 
+_ENGINES = {dc: load_engine(device_class=dc) for dc in ("charger", "tcu")}
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4),
                     max_leaves=20))
 def test_default_packs_are_total_over_any_args(args):
-    from agent.rules import load_engine
     for dc, cmds in (("charger", ["ocpp.UnlockConnector", "ocpp.SetChargingProfile", "ocpp.SetVariables",
                                   "ocpp.UpdateFirmware", "ocpp.DataTransfer", "ocpp.SendLocalList"]),
                      ("tcu", ["tcu.door_unlock", "tcu.ota_update", "tcu.locate", "tcu.bind_owner"])):
-        engine = load_engine(device_class=dc)
+        engine = _ENGINES[dc]
         for c in cmds:
             j = engine.judge({"cmd": c, "args": args if isinstance(args, dict) else {"x": args},
                               "src": {"id": "s", "token": args}}, 1_000_000)
