@@ -54,7 +54,14 @@ MAX_LEAF_BYTES = 64 * 1024           # one string/bytes value (= record.MAX_RECO
 
 _STD = frozenset({"v", "dev", "boot", "cp", "first", "last", "n", "root", "prev_cp", "kid", "fs",
                   "mono", "wall", "why"})
-_ENC_PLAIN, _ENC_DICT, _ENC_DELTA = 0, 1, 2
+_ENC_PLAIN, _ENC_DICT, _ENC_DELTA, _ENC_OFFSET = 0, 1, 2, 3
+# Paths every batch would otherwise spell out (DESIGN §2 fields); sent as their index.
+# Append only: the index is part of format 1.
+STATIC_PATHS: tuple[tuple[str, ...], ...] = (
+    ("seq",), ("boot",), ("mono",), ("wall",), ("kind",), ("api",), ("src", "id"), ("src", "net"),
+    ("src", "auth"), ("src", "kid"), ("sub",), ("st",), ("lat",), ("rq",), ("rs",), ("v",), ("r",), ("rb",), ("x",),
+)
+_STATIC_INDEX = {p: i for i, p in enumerate(STATIC_PATHS)}
 _packer = msgpack.Packer(use_bin_type=True)
 
 
@@ -118,13 +125,20 @@ def _rebuild_message(dev: str, fields: dict[str, Any], alg_code: int, kid: bytes
     return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, sig]))
 
 
+def _size(obj: Any) -> float:
+    try:
+        return len(_packer.pack(obj))
+    except (OverflowError, ValueError, TypeError):  # e.g. a delta outside msgpack's integer range
+        return float("inf")
+
+
 def _encode_column(values: list) -> list:
     if all(type(v) is int for v in values):
         deltas, prev = [], 0
         for v in values:
             deltas.append(v - prev)
             prev = v
-        if len(_packer.pack(deltas)) < len(_packer.pack(values)):
+        if _size(deltas) < _size(values):
             return [_ENC_DELTA, deltas]
         return [_ENC_PLAIN, values]
     keys = [_packer.pack(v) for v in values]
@@ -139,6 +153,27 @@ def _encode_column(values: list) -> list:
     if len(uniques) * 2 <= len(values):
         return [_ENC_DICT, [uniques, refs]]
     return [_ENC_PLAIN, values]
+
+
+def _encode_columns(columns: list[list], paths: list[tuple], shapes: list[list[int]]) -> list[list]:
+    """Each column on its own, except ``wall``-like integer columns that track an earlier one
+    (same records, e.g. wall vs mono): those go as offsets from it, delta-coded."""
+    members = [frozenset(s for s, shape in enumerate(shapes) if i in shape) for i in range(len(paths))]
+    out = []
+    for i, values in enumerate(columns):
+        best = _encode_column(values)
+        if all(type(v) is int for v in values):
+            size = _size(best)
+            for j in range(i):
+                ref = columns[j]
+                if members[j] == members[i] and len(ref) == len(values) and all(type(v) is int for v in ref):
+                    offsets = _encode_column([v - r for v, r in zip(values, ref)])
+                    cand = [_ENC_OFFSET, [j, offsets]]
+                    if _size(cand) < size:
+                        best, size = cand, _size(cand)
+                    break
+        out.append(best)
+    return out
 
 
 def _compress(body: bytes, codec: int, level: int | None) -> bytes:
@@ -191,8 +226,9 @@ def encode(device_id: str, checkpoints: Sequence[tuple[bytes, Sequence[bytes]]],
             prev_hash = cp.hash
         except CheckpointMalformed:
             prev_hash = None
-    cols = [_encode_column(c) for c in columns]
-    body = _packer.pack([FORMAT, kids, cps, [list(p) for p in paths], shapes, rec_shapes, cols, raws])
+    cols = _encode_columns(columns, paths, shapes)
+    wire_paths = [_STATIC_INDEX.get(p, list(p)) for p in paths]
+    body = _packer.pack([FORMAT, kids, cps, wire_paths, shapes, rec_shapes, cols, raws])
     if len(body) > MAX_BODY_BYTES:
         raise BatchTooLarge(f"body of {len(body)} bytes, limit {MAX_BODY_BYTES}")
     return bytes([codec]) + _compress(body, codec, level)
@@ -409,9 +445,12 @@ def _assemble(dev: str, kids: list, cps: list, raw_paths: list, shapes: list, re
             raise BatchMalformed("bad key table")
     paths = []
     for p in raw_paths:
-        if not (isinstance(p, list) and p and all(isinstance(k, (str, bytes)) for k in p)):
+        if type(p) is int and 0 <= p < len(STATIC_PATHS):
+            paths.append(STATIC_PATHS[p])
+        elif isinstance(p, list) and p and all(isinstance(k, (str, bytes)) for k in p):
+            paths.append(tuple(p))
+        else:
             raise BatchMalformed("bad path")
-        paths.append(tuple(p))
     counts = [0] * len(paths)
     for shape in shapes:
         if not (isinstance(shape, list) and shape and all(type(i) is int and 0 <= i < len(paths) for i in shape)):
@@ -424,7 +463,17 @@ def _assemble(dev: str, kids: list, cps: list, raw_paths: list, shapes: list, re
                 counts[i] += 1
     if len(cols) != len(paths):
         raise BatchMalformed("column count does not match paths")
-    values = [_decode_column(c, n) for c, n in zip(cols, counts)]
+    values: list[list] = []
+    for c, n in zip(cols, counts):
+        if isinstance(c, list) and len(c) == 2 and c[0] == _ENC_OFFSET:
+            if not (isinstance(c[1], list) and len(c[1]) == 2 and type(c[1][0]) is int and 0 <= c[1][0] < len(values)):
+                raise BatchMalformed("bad offset column")
+            ref, offsets = values[c[1][0]], _decode_column(c[1][1], n)
+            if len(ref) != n or not all(type(v) is int for v in ref + offsets):
+                raise BatchMalformed("offset column does not match its reference")
+            values.append([r + o for r, o in zip(ref, offsets)])
+        else:
+            values.append(_decode_column(c, n))
     if sum(1 for s in rec_shapes if s < 0) != len(raws) or not all(isinstance(r, bytes) for r in raws):
         raise BatchMalformed("raw record count mismatch")
     cursor = [0] * len(paths)
