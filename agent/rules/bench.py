@@ -20,7 +20,7 @@ import gc
 import statistics
 import time
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from . import functions as F
 from .engine import load_engine
@@ -235,7 +235,7 @@ def _translate(node: ast.AST, rule_id: str, kind: str, st: _PeerState) -> str:
             return "[" + ", ".join(lit(x) for x in v) + "]"
         raise ValueError(f"literal {v!r}")
 
-    def call(name: str, fn: Callable[..., Any], args: list[ast.AST]) -> str:
+    def call(name: str, fn: Callable[..., Any], args: Sequence[ast.AST]) -> str:
         key = st.add(name, lambda *a: fn(*[_plain(x) for x in a]))
         return f"{key}(" + ", ".join(t(a) for a in args) + ")"
 
@@ -289,16 +289,17 @@ def _translate(node: ast.AST, rule_id: str, kind: str, st: _PeerState) -> str:
         if isinstance(n, ast.Compare):
             parts = []
             left = n.left
-            for op, right in zip(n.ops, n.comparators):
+            for cop, right in zip(n.ops, n.comparators):
                 a, b = t(left), t(right)
-                if isinstance(op, (ast.Is, ast.IsNot)):
-                    parts.append(f"({a} {'==' if isinstance(op, ast.Is) else '!='} null)")
-                elif isinstance(op, ast.In):
+                cmp: Any = cop
+                if isinstance(cmp, (ast.Is, ast.IsNot)):
+                    parts.append(f"({a} {'==' if isinstance(cmp, ast.Is) else '!='} null)")
+                elif isinstance(cmp, ast.In):
                     parts.append(f"({a} in {b})")
-                elif isinstance(op, ast.NotIn):
+                elif isinstance(cmp, ast.NotIn):
                     parts.append(f"(!({a} in {b}))" if cel else f"({a} not in {b})")
                 else:
-                    sym = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}[type(op)]
+                    sym = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}[type(cmp)]
                     parts.append(f"({a} {sym} {b})")
                 left = right
             return "(" + (" && " if cel else " and ").join(parts) + ")"
@@ -325,7 +326,7 @@ def _translate(node: ast.AST, rule_id: str, kind: str, st: _PeerState) -> str:
 
 
 def _translate_call(n: ast.Call, rule_id: str, st: _PeerState, t: Callable[[ast.AST], str],
-                    call: Callable[[str, Callable[..., Any], list[ast.AST]], str]) -> str:
+                    call: Callable[[str, Callable[..., Any], Sequence[ast.AST]], str]) -> str:
     name = n.func.id  # type: ignore[attr-defined]
     site = f"{rule_id}|{ast.unparse(n)}"
     kw = {k.arg: k.value for k in n.keywords}

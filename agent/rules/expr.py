@@ -20,6 +20,8 @@ from typing import Any, Callable
 from . import functions as F
 from .errors import RuleEvalError, RuleLoadError
 from .memory import DAY_MS, HOUR_MS, hour_of_week
+from .ops import (_BINOPS, _NUM, MAX_INT, Env, _cmp, _get, _index, _neg, _ordered_const, _pow,  # noqa: F401
+                  keystr)
 
 MAX_SOURCE_CHARS = 4000
 MAX_NESTING = 32          # brackets, checked before parsing
@@ -27,8 +29,6 @@ MAX_DEPTH = 40            # AST depth
 MAX_NODES = 400
 MAX_COLLECTION = 256
 MAX_POW_EXPONENT = 64
-MAX_INT = 2 ** 256
-MAX_STR = 65_536
 MAX_CONST_STR = 4096
 MAX_WINDOW_MS = 400 * DAY_MS
 
@@ -38,23 +38,6 @@ CONSTANTS: dict[str, Any] = {"MS": 1, "SEC": 1000, "MIN": 60_000, "HOUR": HOUR_M
 _MAPPING_ROOTS = ("args", "src", "dev")
 
 Fn = Callable[["Env"], Any]
-
-
-class Env:
-    """What one evaluation sees. The engine fills it; rules only read it."""
-
-    __slots__ = ("cmd", "args", "src", "sub", "twin", "dev", "now", "mem", "utc_offset_ms")
-
-    def __init__(self, *, twin: Any, dev: dict[str, Any], mem: Any, utc_offset_min: int = 0) -> None:
-        self.cmd = ""
-        self.args: dict[str, Any] = {}
-        self.src: dict[str, Any] = {}
-        self.sub = ""
-        self.twin = twin
-        self.dev = dev
-        self.now = 0
-        self.mem = mem
-        self.utc_offset_ms = utc_offset_min * 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,140 +65,6 @@ class _C:
 
 def _const(v: Any) -> _C:
     return _C(lambda e: v, True, v)
-
-
-# -- runtime primitives ----------------------------------------------------------------
-_NUM = (int, float)
-
-
-def _get(d: Any, name: str) -> Any:
-    return d.get(name) if type(d) is dict else None
-
-
-def _index(d: Any, k: Any) -> Any:
-    if type(d) is dict:
-        try:
-            return d.get(k)
-        except TypeError:
-            return None
-    if type(d) in (list, tuple) and type(k) is int and -len(d) <= k < len(d):
-        return d[k]
-    return None
-
-
-def _check_int(r: Any) -> Any:
-    if type(r) is int and not -MAX_INT < r < MAX_INT:
-        raise RuleEvalError("integer too large")
-    return r
-
-
-def _nums(a: Any, b: Any, op: str) -> None:
-    if type(a) not in _NUM or type(b) not in _NUM:
-        raise RuleEvalError(f"'{op}' needs numbers")
-
-
-def _add(a: Any, b: Any) -> Any:
-    ta, tb = type(a), type(b)
-    if ta in _NUM and tb in _NUM:
-        return _check_int(a + b)
-    if ta is str and tb is str:
-        if len(a) + len(b) > MAX_STR:
-            raise RuleEvalError("string too long")
-        return a + b
-    raise RuleEvalError("'+' needs two numbers or two strings")
-
-
-def _sub(a: Any, b: Any) -> Any:
-    _nums(a, b, "-")
-    return _check_int(a - b)
-
-
-def _mul(a: Any, b: Any) -> Any:
-    _nums(a, b, "*")
-    return _check_int(a * b)
-
-
-def _div(a: Any, b: Any) -> Any:
-    _nums(a, b, "/")
-    if b == 0:
-        raise RuleEvalError("division by zero")
-    return a / b
-
-
-def _floordiv(a: Any, b: Any) -> Any:
-    _nums(a, b, "//")
-    if b == 0:
-        raise RuleEvalError("division by zero")
-    return a // b
-
-
-def _mod(a: Any, b: Any) -> Any:
-    _nums(a, b, "%")
-    if b == 0:
-        raise RuleEvalError("modulo by zero")
-    return a % b
-
-
-def _pow(a: Any, b: Any) -> Any:
-    _nums(a, b, "**")
-    if type(a) is int and type(b) is int and b > 0 and a.bit_length() * b > 256:
-        raise RuleEvalError("integer too large")
-    try:
-        return a ** b
-    except (OverflowError, ZeroDivisionError):
-        raise RuleEvalError("'**' out of range") from None
-
-
-_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: _add, ast.Sub: _sub, ast.Mult: _mul, ast.Div: _div, ast.FloorDiv: _floordiv,
-    ast.Mod: _mod, ast.Pow: _pow,
-}
-
-
-def _neg(a: Any) -> Any:
-    if type(a) not in _NUM:
-        raise RuleEvalError("unary '-' needs a number")
-    return -a
-
-
-def _cmp(op: type) -> Callable[[Any, Any], bool]:
-    import operator
-    f = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-         ast.Gt: operator.gt, ast.GtE: operator.ge}.get(op)
-    if f is not None:
-        def c(a: Any, b: Any) -> bool:
-            try:
-                return f(a, b)
-            except TypeError:
-                return False
-        return c
-    if op in (ast.In, ast.NotIn):
-        neg = op is ast.NotIn
-
-        def c_in(a: Any, b: Any) -> bool:
-            try:
-                r = a in b if type(b) in (str, list, tuple, dict, frozenset) else False
-            except TypeError:
-                r = False
-            return (not r) if neg else r
-        return c_in
-    if op is ast.Is:
-        return lambda a, b: a is None
-    return lambda a, b: a is not None
-
-
-def keystr(v: Any) -> str:
-    """A window/set key from any value."""
-    t = type(v)
-    if t is str:
-        return v[:256]
-    if v is None:
-        return ""
-    if t in (bool, int, float):
-        return repr(v)
-    if t in (list, tuple):
-        return "|".join(keystr(x) for x in v[:16])[:256]
-    return ""
 
 
 # -- helpers with the environment or state ------------------------------------------------
@@ -283,7 +132,7 @@ class _Compiler:
         self.sites: list[str] = []
         self.in_state_helper = False
 
-    def fail(self, reason: str, node: ast.AST | None = None) -> RuleLoadError:
+    def fail(self, reason: str, node: object | None = None) -> RuleLoadError:
         line = self.line
         lineno = getattr(node, "lineno", None)
         if line is not None and lineno is not None:
@@ -690,31 +539,3 @@ class _Compiler:
             return _C(fn_unusual)
         finally:
             self.in_state_helper = False
-
-
-def _ordered_const(t: type, af: Fn, bv: Any) -> Fn:
-    if t is ast.Gt:
-        def f(e: Env) -> bool:
-            try:
-                return af(e) > bv
-            except TypeError:
-                return False
-    elif t is ast.GtE:
-        def f(e: Env) -> bool:
-            try:
-                return af(e) >= bv
-            except TypeError:
-                return False
-    elif t is ast.Lt:
-        def f(e: Env) -> bool:
-            try:
-                return af(e) < bv
-            except TypeError:
-                return False
-    else:
-        def f(e: Env) -> bool:
-            try:
-                return af(e) <= bv
-            except TypeError:
-                return False
-    return f
