@@ -94,7 +94,7 @@ def _ordered(payload: dict[str, Any]) -> bytes:
     return _dumps(payload)
 
 
-def seal(fields: dict[str, Any], signer: Signer, fs_key: bytes) -> bytes:
+def seal(fields: dict[str, Any], signer: Signer, fs_key: bytes | bytearray) -> bytes:
     """Build and sign a checkpoint message from its payload fields (without kid/fs/v)."""
     payload = {"v": VERSION, **fields, "kid": signer.kid}
     unsigned = _ordered(payload)
