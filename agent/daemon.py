@@ -138,8 +138,19 @@ def _lock(state_dir: Path) -> int:
     return fd
 
 
+async def _scrub(spool: Spool, counters: Counter[str], stop: asyncio.Event) -> None:
+    """Read every block once after start (a few per tick) so damage shows in status early."""
+    after: int | None = None
+    while not stop.is_set():
+        after = spool.scrub(after, 16)
+        counters["spool.damaged_blocks"] = len(spool.damaged)
+        if after is None:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
-              ready: Callable[[], None] | None = None, signals: bool = True) -> int:
+              ready: Callable[[], None] | None = None, signals: bool = True, engine: Any = None) -> int:
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     state_dir = Path(config.state_dir)
@@ -166,7 +177,9 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
         sealer = Sealer(state, signer)
         ledger = Ledger(spool, sealer, config.ledger, backlog_records=config.ingest.backlog_records,
                         counters=counters)
-        engine, fleet_key = make_engine(config)
+        fleet_key: bytes | None = None
+        if engine is None:
+            engine, fleet_key = make_engine(config)
         if getattr(engine, "load_error", None):
             problems.append("rules_load_failed: " + engine.load_error)
             counters["rules.load_failed"] += 1
@@ -222,6 +235,7 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
             ready()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(ledger.run(), name="ledger")
+            tg.create_task(_scrub(spool, counters, stop), name="scrub")
             if uplink is not None:
                 tg.create_task(uplink.run(), name="uplink")
             await stop.wait()

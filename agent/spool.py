@@ -393,6 +393,17 @@ class Spool:
                 yield self.read_block(cp, first, last)
             after = batch[-1][0]
 
+    def scrub(self, after_cp: int | None, limit: int) -> int | None:
+        """Check up to ``limit`` blocks after ``after_cp`` (damaged ones are noted); returns the
+        last cp checked, or None at the end. Lets the daemon find damage before anyone reads it."""
+        try:
+            headers = list(self._headers(after_cp))[:limit]
+        except sqlite3.DatabaseError:
+            return None
+        for cp, first, last, _ in headers:
+            self.read_block(cp, first, last)
+        return headers[-1][0] if headers else None
+
     @property
     def damaged(self) -> frozenset[int]:
         return frozenset(self._damaged)

@@ -186,7 +186,8 @@ def raw_frame(body: bytes) -> bytes:
 class AgentHarness:
     """Run the real daemon in a background thread of this process (for integration tests)."""
 
-    def __init__(self, directory: Path | str, device_id: str = "dev-test", **overrides: Any) -> None:
+    def __init__(self, directory: Path | str, device_id: str = "dev-test", *, engine: Any = None,
+                 **overrides: Any) -> None:
         from .daemon_cli import init_agent
         from . import config as config_mod
         self.dir = Path(directory)
@@ -198,6 +199,7 @@ class AgentHarness:
             doc.setdefault(table, {})[key] = value
         self.config = config_mod.from_mapping(doc, base_dir=self.dir, env={})
         self.enrollment = paths.enrollment
+        self.engine = engine
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -210,7 +212,8 @@ class AgentHarness:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await run(self.config, stop=self._stop, ready=lambda: self._ready.set(), signals=False)
+            await run(self.config, stop=self._stop, ready=lambda: self._ready.set(), signals=False,
+                      engine=self.engine)
 
         def target() -> None:
             try:
@@ -229,6 +232,7 @@ class AgentHarness:
         return FrameClient(self.config.socket_path)
 
     def stop(self) -> None:
+        self._ready.clear()
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
