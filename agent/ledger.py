@@ -67,6 +67,7 @@ class Ledger:
         self._idle.set()
         self._urgent_scheduled = False
         self._open_since: int | None = None
+        self._open_sec = False                  # the open range holds a security-class record
         self._last_seal = self.mono
         self._evict_plan: Eviction | None = None
         self._evicting = False
@@ -93,6 +94,8 @@ class Ledger:
             self.counters["drop.spool_full"] += 1
             self._drops_since_summary["spool_full"] += 1
             return -1
+        if self._open_sec:
+            self._seal("security")
         seq = self.sealer.append(fields, self.mono, self.wall)[0]
         if self.sealer.pending >= self._max_records:
             self._seal("size")
@@ -105,6 +108,8 @@ class Ledger:
             self.counters["drop.spool_full"] += len(batch)
             self._drops_since_summary["spool_full"] += len(batch)
             return []
+        if self._open_sec:
+            self._seal("security")
         sealer, max_records, problems = self.sealer, self._max_records, []
         i, n = 0, len(batch)
         while i < n:
@@ -124,7 +129,11 @@ class Ledger:
         return problems
 
     def append_security(self, fields: dict[str, Any]) -> int:
-        """A cmd/alert/agent record: never dropped; its checkpoint is cut in this loop iteration."""
+        """A cmd/alert/agent record: never dropped; its checkpoint is cut in this loop iteration.
+        Security-class and api records never share a checkpoint, so api checkpoints stay evictable."""
+        if self.sealer.pending and not self._open_sec:
+            self._seal("flush")
+        self._open_sec = True
         seq = self.sealer.append(fields, self.mono, self.wall)[0]
         if self.sealer.pending >= self._max_records:
             self._seal("size")
@@ -160,6 +169,7 @@ class Ledger:
         self.tick()
         sealed = self.sealer.seal(mono=self.mono, wall=self.wall, reason=reason)
         self._open_since = None
+        self._open_sec = False
         self._last_seal = self.mono
         self._queue.append(sealed)
         self._queued_records += len(sealed.records)
@@ -186,6 +196,8 @@ class Ledger:
         """Final records and checkpoint, committed; then the writer and timers end."""
         self.tick()
         self._summarise_drops()
+        if self.sealer.pending and not self._open_sec:
+            self._seal("flush")
         self.sealer.append(fields, self.mono, self.wall)
         self._seal("stop")
         self._stopping = True
@@ -296,6 +308,8 @@ class Ledger:
         log.warning("spool over max_bytes: evicting checkpoints %d..%d (%d records)",
                     plan.first_cp, plan.last_cp, plan.records)
         # The eviction record is sealed now, so the commit that deletes the range carries it.
+        if self.sealer.pending and not self._open_sec:
+            self._seal("flush")
         self.sealer.append({"kind": "agent", "api": EVICTED, "x": {
             "first": plan.first, "last": plan.last, "cps": [plan.first_cp, plan.last_cp],
             "last_cp_hash": plan.last_cp_hash}}, self.mono, self.wall)

@@ -156,7 +156,8 @@ class Spool:
             raise errors.SpoolCorrupt(f"cannot open {Path(self.path).name}: {exc}") from None
 
     def close(self) -> None:
-        for conn in (self._w, self._r):
+        """Reader first: the writer closing last folds the WAL back into the main file."""
+        for conn in (self._r, self._w):
             if conn is not None:
                 conn.close()
 
