@@ -113,7 +113,10 @@ async def _device_life(dev: FleetDevice, clock: SimClock, rng: random.Random, en
         i += 1
 
 
-async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s: None) -> FleetResult:
+async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s: None, *,
+                    enroll: Callable[[str, Path], None] | None = None) -> FleetResult:
+    """Run the fleet; ``enroll(device_id, enrollment_file)`` is called for each device before its
+    agent starts (register it at the collector)."""
     rng = random.Random(cfg.seed)
     start_ms = DEFAULT_START_MS + int(cfg.start_hour * 3_600_000)
     clock = SimClock(ClockConfig(start_wall_ms=start_ms, factor=cfg.factor))
@@ -130,6 +133,8 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
         host = AgentHost(cfg.workdir / dev_id, HostConfig(
             device_id=dev_id, device_class="tcu" if kind == "vehicle" else "charger", uplink=uplink,
             heartbeat_ms=cfg.heartbeat_ms), clock)
+        if enroll is not None:
+            enroll(dev_id, host.enrollment)
         await host.start()
         link = host.link()
         if kind == "vehicle":

@@ -41,6 +41,9 @@ PLACES: dict[str, tuple[float, float, float]] = {
 }
 GEOFENCE_ORDER = ("garage", "home", "work", "dealer", "supermarket", "public_charger", "highway")
 
+_UNSET = object()
+MEASURED = frozenset({"vehicle.speed", "vehicle.is_moving", "battery.soc", "battery.lv_voltage", "charging.power_kw",
+                      "vehicle.location.lat", "vehicle.location.lon"})
 DOORS = ("Row1.DriverSide", "Row1.PassengerSide", "Row2.DriverSide", "Row2.PassengerSide")
 BAT = "Vehicle.Powertrain.TractionBattery"
 CHG = f"{BAT}.Charging"
@@ -128,6 +131,7 @@ class VehicleModel:
         self.target_speed = 0.0
         self.charge_target = 80.0
         self.bindings: dict[str, int] = {}       # principal -> wall ms bound
+        self._published: dict[str, Any] = {}
         self.dropped: dict[str, int] = {}
 
     # -- derived -------------------------------------------------------------------------
@@ -167,7 +171,14 @@ class VehicleModel:
         }
 
     def publish(self) -> None:
-        self.link.update(**self.twin())
+        """Send measured values always (their age is their freshness) and other values only
+        when they change (their age is the time since the event, e.g. a local lock)."""
+        state = self.twin()
+        last = self._published
+        out = {k: v for k, v in state.items() if k in MEASURED or last.get(k, _UNSET) != v}
+        self._published = state
+        if out:
+            self.link.update(**out)
 
     # -- dynamics ------------------------------------------------------------------------
     def enter(self, *, with_key: bool = True) -> None:
