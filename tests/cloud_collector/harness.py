@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -16,11 +17,12 @@ from tests.mqtt_broker import wait_for
 
 
 class CollectorThread:
-    def __init__(self, directory: Path, port: int, *, signer=None, **config) -> None:
+    def __init__(self, directory: Path, port: int, *, signer=None, worker: int = 0, **config) -> None:
+        self.worker = worker
         self.dir = Path(directory)
         self.signer = signer or generate_signer()
         self.config = CollectorConfig(store=str(self.dir / "collector.db"), mqtt_port=port,
-                                      client_id=f"vt-collector-{id(self)}", housekeeping_interval_s=0.5, **config)
+                                      client_id=f"vt-collector-{os.getpid()}", housekeeping_interval_s=0.5, **config)
         self.store = SQLiteStore(self.config.store)  # registry + assertions from the test thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -33,7 +35,7 @@ class CollectorThread:
     def start(self) -> "CollectorThread":
         self._stop.clear()
         store = SQLiteStore(self.config.store)
-        self.collector = Collector(self.config, store, self.signer)
+        self.collector = Collector(self.config, store, self.signer, worker=self.worker)
         self._thread = threading.Thread(target=self.collector.run, args=(self._stop,), daemon=True)
         self._thread.start()
         wait_for(self.collector.connected.is_set, 10, "collector connected")

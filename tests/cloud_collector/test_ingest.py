@@ -151,3 +151,25 @@ def test_silent_device_and_open_gap_raise_alerts(tmp_path, broker):
     finally:
         probe.close()
         col.stop()
+
+
+def test_two_workers_on_the_shared_subscription_store_everything_once(tmp_path, broker):
+    from agent.core.keys import generate_signer
+    signer = generate_signer()
+    workers = [CollectorThread(tmp_path, broker.port, signer=signer, worker=i, workers=2) for i in range(2)]
+    dev = DeviceChain(DEV)
+    workers[0].store.enroll(dev.trust(), 0)
+    for w in workers:
+        w.start()
+    probe = MqttProbe(broker.port, "probe3")
+    try:
+        for _ in range(30):
+            probe.publish(up(DEV), batch.encode(DEV, [dev.cp(4)]))
+        wait_for(lambda: len(workers[0].seqs(DEV)) == 120, 20, "all batches stored")
+        c = workers[0].counters()
+        assert c["checkpoints"] == 30 and c.get("pending", 0) >= 0
+        assert workers[0].seqs(DEV) == list(range(120))
+    finally:
+        probe.close()
+        for w in workers:
+            w.stop()
