@@ -101,7 +101,15 @@ class Backend:
         return await vehicle.execute(cmd, self.clock.now_ms())
 
     async def send(self, vehicle: VehicleModel, p: Principal, name: str, **args: Any) -> CommandResult:
-        return await self.deliver(vehicle, self.command(p, vehicle.vin, name, **args))
+        """Build, sign and send a fresh command; it reaches the car after the latency.
+
+        The command is stamped when it leaves the backend, after the backend's own
+        processing time: under time compression a busy event loop would otherwise turn
+        real scheduling lag into minutes of simulated clock skew."""
+        lo, hi = self.latency_ms
+        await self.clock.sleep(self.rng.uniform(lo, hi) / 1000)
+        self.sent += 1
+        return await vehicle.execute(self.command(p, vehicle.vin, name, **args), self.clock.now_ms())
 
     async def replay(self, vehicle: VehicleModel, cmd: RemoteCommand) -> CommandResult:
         """Deliver a captured command again, byte for byte (same nonce and signature)."""

@@ -151,7 +151,11 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
     end_ms = clock.now_ms() + int(cfg.sim_hours * 3_600_000)
     t_sim = time.monotonic()
     async with asyncio.TaskGroup() as tg:
-        runners = [tg.create_task(d.host.run()) for d in result.devices]
+        runners = []
+        for k, d in enumerate(result.devices):
+            runners.append(tg.create_task(d.host.run()))
+            if cfg.broker is not None and k % 20 == 19:
+                await asyncio.sleep(0.2)   # stagger MQTT connects: 20 per 0.2 s, no SYN storm at the broker
         sims = [tg.create_task(d.sim.run()) for d in result.devices]
         if cfg.chargers:
             await asyncio.gather(*(d.sim.ready(30) for d in result.devices if d.kind == "charger"))
