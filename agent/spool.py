@@ -149,7 +149,8 @@ class Spool:
                                "temp_store=MEMORY"):
                     self._w.execute(f"PRAGMA {pragma}")
                 self._w.executescript(SCHEMA)
-            self._r = _connect(self.path, readonly=True, cache_kib=cache_kib)
+            # the reader (uplink, status, export) streams blocks once: a small cache will do
+            self._r = _connect(self.path, readonly=True, cache_kib=min(cache_kib, 128))
             self._r.execute("PRAGMA query_only=ON")
             self.bytes_used = int(self._r.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()[0])
         except sqlite3.DatabaseError as exc:
