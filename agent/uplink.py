@@ -61,6 +61,7 @@ class UplinkConfig:
     max_batch_bytes: int = 256 * 1024         # also capped by the broker's advertised maximum packet size
     batch_linger_ms: int = 2000               # wait this long to fill a batch; security checkpoints go at once
     receipt_timeout_s: float = 30.0           # no receipt progress for this long: resend after the last receipt
+                                              # (doubling per timeout up to 10 min, so a slow collector is not flooded)
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 60.0             # backoff: uniform(min, min(max, min * 2**attempt))
     codec: str = "auto"                       # auto (zstd if installed, else zlib), zstd, zlib, none
@@ -131,6 +132,7 @@ class Uplink:
         self._limit = config.max_batch_bytes
         self._linger_since: float | None = None
         self._progress_at = clock()
+        self._receipt_timeout = config.receipt_timeout_s  # doubles after each timeout (cap 10 min), reset by a receipt
         self._next_status = 0.0
         self._damaged_seen: set[int] = set()
         self._ctl_seen: set[int] = set()
@@ -267,6 +269,7 @@ class Uplink:
         self._last_receipt = (r.cp, r.upto)
         self._inflight = [s for s in self._inflight if s.last_cp > r.cp]
         self._progress_at = self.clock()
+        self._receipt_timeout = self.config.receipt_timeout_s
         self._wake_up()
 
     def _control(self, payload: bytes) -> None:
@@ -334,9 +337,10 @@ class Uplink:
             return 1.0
         if now >= self._next_status:
             self._publish_status("online")
-        if self._inflight and now - self._progress_at > cfg.receipt_timeout_s:
+        if self._inflight and now - self._progress_at > self._receipt_timeout:
             self.counts["resend_timeouts"] += 1
             log.info("no receipt for %.0f s: resending after the last receipt", now - self._progress_at)
+            self._receipt_timeout = min(2 * self._receipt_timeout, max(600.0, cfg.receipt_timeout_s))
             self._restart_from_receipt()
         while self._connected and len(self._inflight) < cfg.max_inflight_batches and not self._stopping:
             try:
@@ -390,7 +394,7 @@ class Uplink:
     def _timeout(self, now: float) -> float:
         t = max(0.05, self._next_status - now)
         if self._inflight:
-            t = min(t, max(0.05, self._progress_at + self.config.receipt_timeout_s - now))
+            t = min(t, max(0.05, self._progress_at + self._receipt_timeout - now))
         return t
 
     # --- lifecycle ------------------------------------------------------------------
