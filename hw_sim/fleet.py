@@ -170,7 +170,12 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
             t.cancel()
         for d in result.devices:
             d.sim.stop()
-        await asyncio.gather(*sims, return_exceptions=True)
+        _, pending = await asyncio.wait(sims, timeout=15)
+        for t in pending:       # a model that does not wind down in time is cut off, and counted
+            t.cancel()
+        stuck = len(pending)
+        if stuck:
+            progress(f"fleet: {stuck} device models did not stop within 15 s (cancelled)")
         sim_wall = time.monotonic() - t_sim
         drained = await _drain(result.devices, cfg, progress) if cfg.broker else None
         for d in result.devices:
@@ -179,6 +184,7 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
     if cfg.chargers:
         await csms.close()
     result.summary = _summary(result.devices, cfg, sim_wall, drained)
+    result.summary["models_cancelled_on_stop"] = stuck
     for d in result.devices:
         d.host.close()
     progress(f"fleet: done in {time.monotonic() - t0:.0f}s wall")
