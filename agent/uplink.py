@@ -59,7 +59,8 @@ class UplinkConfig:
     session_expiry_s: int = 7 * 86_400        # DESIGN §5: >= 1 day
     max_inflight_batches: int = 4
     max_batch_bytes: int = 256 * 1024         # also capped by the broker's advertised maximum packet size
-    batch_linger_ms: int = 2000               # wait this long to fill a batch; security checkpoints go at once
+    batch_linger_ms: int = 30_000             # wait this long to fill a batch; security/start/stop checkpoints
+                                              # go at once. Bigger batches compress far better (docs/benchmarks.md)
     receipt_timeout_s: float = 30.0           # no receipt progress for this long: resend after the last receipt
                                               # (doubling per timeout up to 10 min, so a slow collector is not flooded)
     reconnect_min_s: float = 0.5

@@ -67,7 +67,7 @@ def _sweep(progress, seconds: int) -> list[dict[str, Any]]:
     """bytes/record against device busyness and linger (mixed charger + TCU, time-compressed)."""
     out = []
     for speed in (1, 3, 10, 30):
-        for linger in (LINGER_MS, 10_000):
+        for linger in sorted({2_000, 10_000, LINGER_MS}):
             payload = json_total = n = 0
             for kind in ("charger", "tcu"):
                 sealed, _ = workload.seal(kind, workload.events(kind, seconds, seed=11, speed=speed))

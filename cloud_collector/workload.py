@@ -12,7 +12,8 @@ then (door lock/unlock, climate, charge start/stop, OTA check).
 
 ``events(kind, seconds, seed)`` yields ``(t_ms, fields)``, fields without the
 agent-set header; ``seal(...)`` turns them into checkpoints with the real Sealer and the
-DESIGN §3 cut rules (256 records or 1 s, at once after a security-class record,
+agent's cut rules (256 records or the ledger's checkpoint interval, 10 s by default,
+at once after a security-class record,
 heartbeat after 60 s idle, start and stop).
 """
 
@@ -125,9 +126,15 @@ def events(kind: str, seconds: int, seed: int = 1, speed: int = 1) -> list[tuple
 
 
 def seal(device_id: str, evs: list[tuple[int, dict[str, Any]]], *, wall0: int = 1_767_000_000_000,
-         interval_ms: int = 1000, max_records: int = 256,
+         interval_ms: int | None = None, max_records: int = 256,
          heartbeat_ms: int = 60_000) -> tuple[list[tuple[int, Sealed]], Trust]:
-    """Checkpoints per DESIGN §3 as (time sealed ms, Sealed), and the trust to verify them."""
+    """Checkpoints as the agent cuts them, as (time sealed ms, Sealed), and the trust to verify them.
+
+    ``interval_ms`` defaults to the agent's own ``LedgerConfig.checkpoint_interval_ms``.
+    """
+    if interval_ms is None:
+        from agent.config import LedgerConfig
+        interval_ms = LedgerConfig().checkpoint_interval_ms
     k0, signer = os.urandom(32), generate_signer()
     trust = Trust.from_enrollment(enrollment_doc(device_id, [(signer.kid, signer.alg, signer.public_bytes())], k0))
     sealer = Sealer(ChainState.genesis(device_id, k0), signer)
