@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,8 @@ async def test_fleet_for_one_simulated_hour_every_record_stored_and_verified(tmp
     finally:
         collector.stop()
         broker.stop()
+        if str(workdir).startswith("/dev/shm/"):
+            shutil.rmtree(workdir, ignore_errors=True)
     s = result.summary
     print(json.dumps({k: v for k, v in s.items() if k != "expected_seq"}), file=sys.stderr)
     assert len(enrolled) == DEVICES and s["devices"] == DEVICES and s["sim_hours"] >= 1.0
