@@ -1,10 +1,10 @@
 """firmware_shim: the only code a device maker writes against.
 
     import firmware_shim as vt
-    vt.configure(agent="unix:/run/veritrail/agent.sock", redact_fields=("idTag",),
+    vt.configure(agent="unix:/run/veritrail/agent.sock", redact_fields=("id_tag", "id_token"),
                  redact_key=KEY, fail_policy={"ocpp.UnlockConnector": "closed"})
     vt.record("rest.GET /v1/status", src={"id": "app", "net": "10.0.0.7"}, st=200, lat=840)
-    if vt.check("ocpp.UnlockConnector", {"connectorId": 1}, src="csms"):
+    if vt.check("ocpp.UnlockConnector", {"connector_id": 1}, src="csms")  # args snake_case, as the rules read them:
         unlock()
     vt.update({"tx.active": True, "vehicle.speed": 0.0})
 

@@ -32,8 +32,23 @@ def hash_value(key, value):
     return HASH_PREFIX + binascii.hexlify(digest[:16]).decode()
 
 
+def _norm(name):
+    """Field names match whatever their spelling: idTag, id_tag, ID-TAG are one name.
+
+    A redaction that misses a field is a leak, so matching is deliberately generous: the
+    OCPP guard hands the rules snake_case names (id_tag) while a device maker may have
+    configured the wire's camelCase (idTag)."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
+_MAX_DEPTH = 32
+_TOO_DEEP = HASH_PREFIX + "too-deep"  # deeper than this is hashed away wholesale (fail closed)
+_MAX_NAME_CACHE = 512
+
+
 class Redactor:
-    """Replace the values of `fields` (exact key names, at any depth of maps) by hashes."""
+    """Replace the values of `fields` (at any depth of maps) by hashes; names match
+    regardless of case, underscores and hyphens."""
 
     def __init__(self, fields=(), key=None):
         fields = tuple(fields)
@@ -43,8 +58,17 @@ class Redactor:
         if fields:
             if not isinstance(key, (bytes, bytearray)) or len(key) < _MIN_KEY_BYTES:
                 raise ValueError("redact_key must be bytes of at least %d bytes when redact_fields is set" % _MIN_KEY_BYTES)
-        self.fields = set(fields)
+        self.fields = set(_norm(name) for name in fields)
         self._key = bytes(key) if key else b""
+        self._match = {}  # raw key -> bool, bounded
+
+    def matches(self, name):
+        hit = self._match.get(name)
+        if hit is None:
+            hit = isinstance(name, str) and _norm(name) in self.fields
+            if len(self._match) < _MAX_NAME_CACHE:
+                self._match[name] = hit
+        return hit
 
     def __bool__(self):
         return bool(self.fields)
@@ -56,13 +80,13 @@ class Redactor:
         return self._walk(obj, 0)
 
     def _walk(self, obj, depth):
-        if depth > 32:
-            return obj
+        if depth > _MAX_DEPTH:
+            return _TOO_DEEP if isinstance(obj, (dict, list, tuple)) else obj
         if isinstance(obj, dict):
             out = {}
             for k in obj:
                 v = obj[k]
-                if k in self.fields and v is not None:
+                if v is not None and self.matches(k):
                     try:
                         out[k] = hash_value(self._key, v)
                     except umsgpack.PackError:

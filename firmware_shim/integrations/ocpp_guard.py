@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ocpp.charge_point import camel_to_snake_case  # type: ignore[import-untyped]
 from ocpp.messages import validate_payload  # type: ignore[import-untyped]
 
 from firmware_shim.shim import Shim
@@ -106,7 +107,7 @@ UNENFORCEABLE: dict[str, frozenset[str]] = {
     "1.6": frozenset({"UpdateFirmware", "GetDiagnostics"}),
     "2.0.1": frozenset(),
 }
-_SUBJECT_KEYS = ("connectorId", "evseId", "transactionId", "idTag", "reservationId")
+_SUBJECT_KEYS = ("connector_id", "evse_id", "transaction_id", "id_tag", "reservation_id")  # snake_case args
 _MAX_INFLIGHT = 64
 
 
@@ -114,9 +115,9 @@ def _subject(payload: dict[str, Any]) -> str | None:
     for key in _SUBJECT_KEYS:
         if key in payload:
             return str(payload[key])
-    id_token = payload.get("idToken")
-    if isinstance(id_token, dict) and "idToken" in id_token:
-        return str(id_token["idToken"])
+    id_token = payload.get("id_token")
+    if isinstance(id_token, dict) and "id_token" in id_token:
+        return str(id_token["id_token"])
     return None
 
 
@@ -163,12 +164,17 @@ class OcppGuard:
 
     async def _handle_call(self, msg: Any) -> Any:
         action = msg.action
-        payload = msg.payload if isinstance(msg.payload, dict) else {}
+        wire = msg.payload if isinstance(msg.payload, dict) else {}
+        # Rules see the payload as the ocpp package's handlers do (snake_case), and the
+        # message's uniqueId (the replay key, CP-18) with the caller.
+        payload = camel_to_snake_case(wire)
+        src = dict(self.src, msg_id=str(msg.unique_id)[:64])
         entry: dict[str, Any] = {
             "action": action,
             "t0": time.perf_counter_ns(),
             "rq": len(msg.to_json()),
             "args": payload,
+            "src": src,
         }
         if len(self._inflight) >= _MAX_INFLIGHT:  # a response that never went out
             self._inflight.pop(next(iter(self._inflight)))
@@ -176,14 +182,14 @@ class OcppGuard:
         self._inflight[msg.unique_id] = entry
         if action in self.sensitive:
             verdict: Verdict = await asyncio.to_thread(
-                self.shim.check, "ocpp." + action, payload, self.src, _subject(payload), self.check_deadline_ms
+                self.shim.check, "ocpp." + action, payload, src, _subject(payload), self.check_deadline_ms
             )
             entry["verdict"] = verdict
             if not verdict.allowed:
                 refusal = self.refusals.get(action)
                 if refusal is not None:
                     entry["blocked"] = True
-                    result = msg.create_call_result(refusal(payload))
+                    result = msg.create_call_result(refusal(wire))
                     await validate_payload(result, self.version)
                     await self._send(result.to_json())
                     return None
@@ -217,7 +223,7 @@ class OcppGuard:
                 x["unenforceable"] = True
         self.shim.record(
             "ocpp." + entry["action"],
-            src=self.src,
+            src=entry["src"],
             sub=_subject(entry["args"]),
             st=status,
             lat=(time.perf_counter_ns() - entry["t0"]) // 1000,

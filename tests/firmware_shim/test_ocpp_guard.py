@@ -28,7 +28,7 @@ def judge(c: dict[str, Any]) -> tuple[str, list[str]]:
     args = c["args"]
     if c["cmd"] == "ocpp.UpdateFirmware":
         return "block", ["firmware-from-unknown-host"]
-    if args.get("connectorId") == 2 or args.get("evseId") == 2:
+    if args.get("connector_id") == 2 or args.get("evse_id") == 2:  # rules see snake_case
         return "block", ["unlock-during-session"]
     return "allow", []
 
@@ -153,9 +153,12 @@ async def test_v16_blocked_unlock_refused_on_the_wire_allowed_goes_through(agent
     unlock_ok, unlock_blocked, start, fw = records[1:5]
     assert unlock_ok["x"]["blocked"] is False and unlock_ok["x"]["v"] == "allow"
     assert unlock_blocked["x"]["blocked"] is True and unlock_blocked["x"]["v"] == "block"
-    assert unlock_blocked["src"] == {"id": "csms-test", "net": unlock_blocked["src"]["net"]}
+    src = unlock_blocked["src"]
+    assert src["id"] == "csms-test" and src["net"] and src["msg_id"]  # the OCPP uniqueId (replay key)
+    assert src["msg_id"] != unlock_ok["src"]["msg_id"]
     assert unlock_blocked["sub"] == "2" and unlock_blocked["rq"] > 0 and unlock_blocked["rs"] > 0
-    assert start["x"]["args"]["idTag"] == hash_value(KEY, "04A1B2C3")  # redacted before leaving
+    # configured as the wire spells it (idTag), redacted in the snake_case args the rules see
+    assert start["x"]["args"]["id_tag"] == hash_value(KEY, "04A1B2C3")
     # 1.6 UpdateFirmware has no refusal: it runs (charger.unlocked has -1), judged and flagged
     assert (fw["x"]["v"], fw["x"]["blocked"], fw["x"]["unenforceable"]) == ("block", False, True)
     checked = [c["c"]["cmd"] for c in fake.of_type("chk")]
