@@ -294,6 +294,40 @@ class Connection(asyncio.BufferedProtocol):
         for exc in self.ledger.append_batch(batch):
             self.counters["frames.invalid"] += 1
             self._reply(_err(None, "invalid", f"record not encodable: {exc.reason}"[:80]))
+        watches = getattr(self.server.engine, "watches", None)
+        if watches is not None:
+            self._observe(batch, watches)
+
+    def _observe(self, batch: list[dict[str, Any]], watches: Any) -> None:
+        """Show the rules the api records they watch (security events, PIN failures, local
+        logins...). A record that carries a verdict (``x.v``) was already judged as a remote
+        command through ``chk`` (e.g. the OCPP guard's record of the call) and is skipped, so
+        windows are not counted twice. Observation may alert, never block."""
+        engine, wall = self.server.engine, self.ledger.wall
+        for r in batch:
+            api = r.get("api")
+            if type(api) is not str or r.get("kind") != "api" or not watches(api):
+                continue
+            x = r.get("x")
+            if type(x) is dict:
+                if "v" in x:
+                    continue
+                args = x.get("args")
+                args = args if type(args) is dict else x
+            else:
+                args = {}
+            src, sub = r.get("src"), r.get("sub")
+            try:
+                j = engine.observe({"cmd": api, "args": args, "src": src if type(src) is dict else {},
+                                    "sub": sub}, wall)
+            except Exception as exc:  # noqa: BLE001 - counted; the record itself is kept
+                self.counters["observe.error"] += 1
+                log.error("rules engine failed observing %s: %s", api, type(exc).__name__)
+                continue
+            self.counters["observe.events"] += 1
+            if j.alerts:
+                self._alerts(j.alerts, api, src if type(src) is dict else None,
+                             sub if type(sub) is str else None, None)
 
     # --- frames ---------------------------------------------------------------------
     def _frame_error(self, fe: FrameError) -> None:

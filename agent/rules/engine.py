@@ -114,6 +114,7 @@ class Engine:
         env = Env(twin=self.twin, dev=rs.params, mem=self.memory,
                   utc_offset_min=int(rs.params.get("utc_offset_min", 0) or 0))
         self._index: dict[str, tuple[tuple[Rule, ...], tuple[Observer, ...]]] = {}
+        self._watch: dict[str, bool] = {}
         self._env = env
         self._rs = rs  # one assignment: the swap is atomic for the next judge()
         self._version_high = max(self._version_high, rs.version)
@@ -126,6 +127,18 @@ class Engine:
             hit = (tuple(r for r in rs.rules if r.on_match(name)), tuple(o for o in rs.observers if o.match(name)))
             if len(self._index) < MAX_INDEX:
                 self._index[name] = hit
+        return hit
+
+    def watches(self, name: str) -> bool:
+        """Whether ``observe`` of a local event or api record named ``name`` can matter: some
+        sequence helper notes it, or some rule not scoped to commands is on it. Cheap
+        (cached per name), so the agent asks for every api record."""
+        hit = self._watch.get(name)
+        if hit is None:
+            rules, observers = self._lookup(name)
+            hit = bool(observers) or any(r.scope != "commands" for r in rules)
+            if len(self._watch) < MAX_INDEX:
+                self._watch[name] = hit
         return hit
 
     # -- judging -------------------------------------------------------------------
@@ -164,6 +177,8 @@ class Engine:
         e.now = now_ms
         fired: list[Rule] | None = None
         for rule in rules:
+            if not remote and rule.scope == "commands":
+                continue
             try:
                 if not rule.when.fn(e):
                     continue

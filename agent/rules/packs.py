@@ -42,7 +42,11 @@ MAX_RULES = 512
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,39}$")
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_RULE_KEYS = {"id", "title", "on", "when", "severity", "action", "enforce_safe", "refs", "why", "window", "cooldown"}
+_RULE_KEYS = {"id", "title", "on", "when", "severity", "action", "enforce_safe", "refs", "why", "window", "cooldown",
+              "scope"}
+# scope: "all" (default): remote commands and local events/api records matching `on`;
+#        "commands": remote commands only (e.g. replay or token checks that only make sense on them)
+SCOPES = ("all", "commands")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +75,7 @@ class Rule:
     cooldown_ms: int | None
     source: str
     line: int | None
+    scope: str = "all"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,9 +236,12 @@ def _load_rule(raw: Any, source: str, header_line: int | None, when_line: int | 
             cooldown = parse_duration(raw["cooldown"], what="cooldown")
         except ValueError as exc:
             raise fail(str(exc)) from None
+    scope = raw.get("scope", "all")
+    if scope not in SCOPES:
+        raise fail(f"scope must be one of {SCOPES}")
     return Rule(id=rid, title=title, on=tuple(on), on_match=F.glob_matcher(tuple(on)), when_src=when_src,
                 when=compiled, severity=severity, action=action, enforce_safe=enforce_safe, refs=tuple(refs),
-                why=why, window=window, cooldown_ms=cooldown, source=source, line=header_line)
+                why=why, window=window, cooldown_ms=cooldown, source=source, line=header_line, scope=scope)
 
 
 def _load_window(w: Any, rid: str, source: str, line: int | None, fail: Callable[..., RuleLoadError]) -> Window:

@@ -29,6 +29,7 @@ CPython only (asyncio, the `ocpp` package).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -107,6 +108,11 @@ UNENFORCEABLE: dict[str, frozenset[str]] = {
     "1.6": frozenset({"UpdateFirmware", "GetDiagnostics"}),
     "2.0.1": frozenset(),
 }
+# Outgoing messages whose payload the rules need (they are observed as local events, e.g.
+# CP-16 tamper, CP-19 clock change). Other outgoing calls are recorded without payload.
+EVENT_ACTIONS = frozenset({"SecurityEventNotification", "FirmwareStatusNotification", "LogStatusNotification",
+                           "SignedFirmwareStatusNotification"})
+
 _SUBJECT_KEYS = ("connector_id", "evse_id", "transaction_id", "id_tag", "reservation_id")  # snake_case args
 _MAX_INFLIGHT = 64
 
@@ -249,6 +255,9 @@ class OcppGuard:
             status = "error:" + type(exc).__name__
             raise
         finally:
+            extra: dict[str, Any] = {}
+            if action in EVENT_ACTIONS and dataclasses.is_dataclass(payload):
+                extra["args"] = {k: v for k, v in dataclasses.asdict(payload).items() if v is not None}
             self.shim.record(
                 "ocpp." + action,
                 src={"id": "self"},
@@ -256,6 +265,7 @@ class OcppGuard:
                 lat=(time.perf_counter_ns() - t0) // 1000,
                 dir="out",
                 ocpp=self.version,
+                **extra,
             )
 
 

@@ -80,6 +80,10 @@ class Csms201(CP201):
     def on_boot(self, **kw: Any) -> result201.BootNotification:
         return result201.BootNotification(current_time="2025-01-01T00:00:00Z", interval=300, status="Accepted")
 
+    @on("SecurityEventNotification")
+    def on_security_event(self, **kw: Any) -> result201.SecurityEventNotification:
+        return result201.SecurityEventNotification()
+
 
 async def _session(version: str, agent_address: str, exchange) -> tuple[FakeAgent, Any]:
     subprotocol = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}[version]
@@ -175,6 +179,8 @@ async def test_v201_blocked_unlock_answers_ongoing_authorized_transaction(agent_
         )
         answers["allowed"] = await csms.call(call201.UnlockConnector(evse_id=1, connector_id=1))
         answers["blocked"] = await csms.call(call201.UnlockConnector(evse_id=2, connector_id=1))
+        await charger.call(call201.SecurityEventNotification(type="TamperDetectionActivated",
+                                                             timestamp="2025-01-01T02:40:00Z"))
 
     fake, charger = await _session("2.0.1", agent_address, exchange)
     assert answers["boot"].status == "Accepted"
@@ -182,12 +188,16 @@ async def test_v201_blocked_unlock_answers_ongoing_authorized_transaction(agent_
     assert answers["blocked"].status == "OngoingAuthorizedTransaction"
     assert answers["blocked"].status_info == {"reason_code": "SecurityPolicy"}
     assert charger.unlocked == [1]
-    records = _wait_records(fake, 3)
+    records = _wait_records(fake, 4)
     assert [(r["api"], r["st"]) for r in records] == [
         ("ocpp.BootNotification", "Accepted"),
         ("ocpp.UnlockConnector", "Unlocked"),
         ("ocpp.UnlockConnector", "OngoingAuthorizedTransaction"),
+        ("ocpp.SecurityEventNotification", "ok"),
     ]
+    # an outgoing security event carries its payload, so the agent's rules can observe it
+    assert records[3]["x"]["args"] == {"type": "TamperDetectionActivated", "timestamp": "2025-01-01T02:40:00Z"}
+    assert "args" not in records[0]["x"]  # routine outgoing calls are recorded without payload
 
 
 SAMPLE_REQUESTS: dict[str, dict[str, Any]] = {
