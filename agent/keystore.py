@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .core.errors import KeyStoreError
+from .fsutil import write_atomic
 from .core.keys import ALGS, ED25519, generate_signer, load_signer
 
 _FS_FORMAT = ">Q32s16s"  # epoch, key, check (first 16 bytes of SHA-256 over epoch‖key)
@@ -34,22 +35,6 @@ class KeyStore(Protocol):
     def fs_load(self) -> tuple[int, bytes] | None: ...
     def fs_store(self, epoch: int, key: bytes) -> None: ...
     def fs_erase(self) -> None: ...
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class FileKeyStore:
@@ -75,7 +60,7 @@ class FileKeyStore:
             raise KeyStoreError(f"keys already exist in {d}; use --force to replace them")
         signer = generate_signer(alg)
         doc = {"current": {"alg": alg, "priv": signer.private_bytes().hex()}, "next": None}
-        _write_atomic(d / "signing.json", json.dumps(doc).encode())
+        write_atomic(d / "signing.json", json.dumps(doc).encode())
         store = cls(d)
         if (d / "fs.key").exists():
             store.fs_erase()
@@ -108,7 +93,7 @@ class FileKeyStore:
         """Create the next key (kept until the rotation checkpoint is sealed)."""
         signer = generate_signer(alg)
         self._doc["next"] = {"alg": alg, "priv": signer.private_bytes().hex()}
-        _write_atomic(self._signing, json.dumps(self._doc).encode())
+        write_atomic(self._signing, json.dumps(self._doc).encode())
         return signer
 
     def complete_rotation(self) -> None:
@@ -116,7 +101,7 @@ class FileKeyStore:
         if not self._doc.get("next"):
             raise KeyStoreError("no rotation staged")
         self._doc = {"current": self._doc["next"], "next": None}
-        _write_atomic(self._signing, json.dumps(self._doc).encode())
+        write_atomic(self._signing, json.dumps(self._doc).encode())
 
     # --- forward-secure key -------------------------------------------------------
     def fs_load(self) -> tuple[int, bytes] | None:

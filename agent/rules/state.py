@@ -12,29 +12,12 @@ from typing import Any
 
 import msgpack
 
+from agent.fsutil import write_atomic
+
 from .errors import StateError
 
 MAX_STATE_BYTES = 64 * 1024 * 1024
 BUNDLE_FILE = "bundle.cose"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
