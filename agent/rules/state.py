@@ -6,7 +6,6 @@ old one, so a crash leaves either the old or the new file, never half of one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
