@@ -55,6 +55,9 @@ def gather(config: AgentConfig) -> dict[str, Any]:
     try:
         return from_socket(config)
     except StatusUnavailable as first:
+        if not config.spool_path.exists():
+            raise StatusUnavailable(f"the agent has not run yet (no spool at {config.spool_path}); "
+                                    f"start it with: veritrail agent run --config {config.source}") from None
         try:
             return from_spool(config)
         except AgentError as second:

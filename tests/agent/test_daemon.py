@@ -219,6 +219,14 @@ def test_receipts_delete_only_matching_checkpoints_and_export_starts_after_them(
     assert not verify_stream(trust, items, None).ok   # without the start point there is a gap
 
 
+def test_status_before_the_first_run_says_so(tmp_path):
+    d = tmp_path / "fresh"
+    run_cli("agent", "init", "--device-id", "cp-9", "--dir", str(d))
+    res = run_cli("agent", "status", "--config", str(d / "agent.toml"), check=False)
+    assert res.returncode == 2
+    assert "has not run yet" in res.stderr and "veritrail agent run --config" in res.stderr
+
+
 def test_status_cli_works_with_and_without_the_daemon(tmp_path):
     h = AgentHarness(tmp_path / "a").start()
     try:
