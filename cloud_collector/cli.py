@@ -49,6 +49,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     pub = {"alg": signer.alg, "kid": signer.kid, "public_key": signer.public_bytes().hex()}
     (d / "collector.pub.json").write_text(json.dumps(pub, indent=1) + "\n")
     print(json.dumps({"config": str(conf), **pub}))
+    print(f"collector key {signer.kid} ({signer.alg}); config {conf}\n"
+          f"next: on every device, set [uplink] collector_public_key = \"{pub['public_key']}\"\n"
+          f"      enroll each device: veritrail collector enroll --config {conf} --file enroll.json\n"
+          f"      run: veritrail collector run --config {conf}", file=sys.stderr)
     return 0
 
 
