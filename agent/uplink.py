@@ -1,7 +1,9 @@
 """The uplink: spool → batches → MQTT v5 → collector; receipts → spool deletions (DESIGN §5).
 
 paho-mqtt runs its own network thread (``loop_start``); its callbacks only hand events to
-the asyncio loop with ``call_soon_threadsafe``. The spool is touched from the loop thread
+the asyncio loop with ``call_soon_threadsafe``. A process hosting many uplinks (the
+simulator's fleets) passes ``network=LoopNetwork()`` (``uplink_loop.py``) to drive the
+client from the asyncio loop instead: no thread, no ``select()`` descriptor limit. The spool is touched from the loop thread
 only. Delivery is at-least-once end to end: a batch stays in the spool until a receipt
 signed by the collector's key (checked here) names a checkpoint whose hash is ours; after
 a reconnect, or when no receipt comes within ``receipt_timeout_s``, everything after the
@@ -118,7 +120,8 @@ class _Sent:
 class Uplink:
     def __init__(self, config: UplinkConfig, spool: Any, device_id: str, *,
                  on_control: Callable[[str, bytes], None], status: Callable[[], dict],
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 network: Any = None) -> None:
         self.config, self.spool, self.device_id = config, spool, device_id
         self.on_control, self.status, self.clock = on_control, status, clock
         self._rng = rng or random.Random()
@@ -138,6 +141,8 @@ class Uplink:
         self._damaged_seen: set[int] = set()
         self._ctl_seen: set[int] = set()
         self._attempt = 0
+        self._reconnect_delay = config.reconnect_min_s
+        self._network = network               # None: paho's own thread; else e.g. uplink_loop.LoopNetwork
         self._last_error: str | None = None
         self._last_receipt: tuple[int, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -173,6 +178,7 @@ class Uplink:
         cfg = self.config
         delay = self._rng.uniform(cfg.reconnect_min_s, min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** min(self._attempt, 30)))
         self._attempt += 1
+        self._reconnect_delay = delay
         if self.client is not None:
             self.client.reconnect_delay_set(delay, delay)  # paho waits exactly this before its next attempt
 
@@ -428,7 +434,10 @@ class Uplink:
         props.SessionExpiryInterval = self.config.session_expiry_s
         client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s,
                              clean_start=False, properties=props)
-        client.loop_start()
+        if self._network is None:
+            client.loop_start()
+        else:
+            self._network.start(client, lambda: self._reconnect_delay)
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -441,7 +450,11 @@ class Uplink:
                     pass
         finally:
             info = self._publish_status("offline") if self._connected else None
-            await asyncio.to_thread(self._shutdown, info)
+            if self._network is None:
+                await asyncio.to_thread(self._shutdown, info)
+            else:
+                await self._network.stop(info)
+                self._connected = False
 
     def _shutdown(self, info: Any) -> None:
         assert self.client is not None
