@@ -33,6 +33,7 @@ from agent.ingest import Connection, IngestServer
 from agent.keystore import FileKeyStore
 from agent.ledger import Ledger
 from agent.spool import Spool
+from agent.uplink_loop import LoopNetwork
 from firmware_shim.framing import FrameDecoder, encode_frame
 
 from .clock import Clock
@@ -48,6 +49,8 @@ class HostConfig:
     checkpoint_interval_ms: int | None = None
     heartbeat_ms: int | None = None
     max_bytes: int | None = None
+    mqtt_on_loop: bool = True       # uplink's paho client driven by the asyncio loop (LoopNetwork), no
+                                    # thread per device; False: paho's own thread, as the daemon does
 
 
 class AgentHost:
@@ -62,10 +65,10 @@ class AgentHost:
         if config.uplink is not None:
             doc["uplink"] = dict(config.uplink)
         ledger_table = doc.setdefault("ledger", {})
-        for key in ("checkpoint_interval_ms", "heartbeat_ms"):
+        for key, name in (("checkpoint_interval_ms", "checkpoint_interval_ms"), ("heartbeat_ms", "heartbeat_interval_ms")):
             value = getattr(config, key)
             if value is not None:
-                ledger_table[key] = value
+                ledger_table[name] = value
         if config.max_bytes is not None:
             doc.setdefault("spool", {})["max_bytes"] = config.max_bytes
         self.config = agent_config.from_mapping(doc, base_dir=self.dir, env={})
@@ -93,7 +96,8 @@ class AgentHost:
         self.ledger = Ledger(spool, sealer, cfg.ledger, backlog_records=cfg.ingest.backlog_records,
                              mono_ms=clock.mono_ms, wall_ms=clock.now_ms, counters=self.counters)
         self.engine, _ = make_engine(cfg)
-        self.uplink = make_uplink(cfg, spool, on_control=lambda kind, payload: None, status=self.status)
+        net = {"network": LoopNetwork()} if self.host_config.mqtt_on_loop and cfg.uplink_enabled else {}
+        self.uplink = make_uplink(cfg, spool, on_control=lambda kind, payload: None, status=self.status, **net)
         if self.uplink is not None:
             self.ledger.on_commit.append(self.uplink.notify)
         await self.ledger.start({"kind": "agent", "api": "agent.start",

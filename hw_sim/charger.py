@@ -16,6 +16,7 @@ change the agent's twin should see goes through ``twin()`` (keys of agent/twin.p
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,12 +102,15 @@ class ChargerModel:
         self._next_tx = 1000
         self.outbox: deque[Event] = deque(maxlen=4096)  # oldest dropped first; counted below
         self.outbox_dropped = 0
+        self.on_emit: Callable[[], None] | None = None   # the session's wake-up for its outbox pump
 
     # -- helpers -----------------------------------------------------------------------
     def _emit(self, kind: str, **data: Any) -> None:
         if len(self.outbox) == self.outbox.maxlen:
             self.outbox_dropped += 1
         self.outbox.append(Event(kind, data))
+        if self.on_emit is not None:
+            self.on_emit()
 
     def connector(self, connector_id: int) -> Connector:
         c = self.connectors.get(connector_id)

@@ -42,6 +42,7 @@ class SessionConfig:
     meter_interval_s: float = 60.0       # simulated seconds between MeterValues during a tx
     response_timeout_s: float = 10.0     # real seconds the CSMS has to answer a call
     connect_timeout_s: float = 5.0
+    connect_attempts: int = 1            # > 1: retry a failed connect after 1, 2, 4 ... s (real), as chargers do
 
     def __post_init__(self) -> None:
         if self.ocpp_version not in SUBPROTOCOLS:
@@ -51,6 +52,8 @@ class SessionConfig:
         for name in ("physics_interval_s", "meter_interval_s", "response_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.connect_attempts < 1:
+            raise ValueError(f"connect_attempts must be >= 1, got {self.connect_attempts!r}")
 
 
 class TwinPublisher:
@@ -96,6 +99,8 @@ class ChargerSession:
         self.connected = asyncio.Event()
         self.booted = asyncio.Event()
         self._stop = asyncio.Event()
+        self._outbox_ready = asyncio.Event()
+        self.connect_failures = 0
 
     def _make_cp(self, ws: Any) -> Any:
         if self.config.ocpp_version == "1.6":
@@ -115,12 +120,20 @@ class ChargerSession:
         if cfg.basic_auth_password is not None:
             token = base64.b64encode(f"{self.model.id}:{cfg.basic_auth_password}".encode()).decode()
             headers["Authorization"] = f"Basic {token}"
-        try:
-            ws = await asyncio.wait_for(websockets.connect(
-                cfg.csms_url, subprotocols=[SUBPROTOCOLS[cfg.ocpp_version]],
-                additional_headers=headers or None, open_timeout=cfg.connect_timeout_s), cfg.connect_timeout_s + 1)
-        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
-            raise ChargerError(f"connect {cfg.csms_url}: {type(exc).__name__}") from None
+        for attempt in range(cfg.connect_attempts):
+            try:
+                ws = await asyncio.wait_for(websockets.connect(
+                    cfg.csms_url, subprotocols=[SUBPROTOCOLS[cfg.ocpp_version]],
+                    additional_headers=headers or None, open_timeout=cfg.connect_timeout_s), cfg.connect_timeout_s + 1)
+                break
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                self.connect_failures += 1
+                if attempt + 1 == cfg.connect_attempts or self._stop.is_set():
+                    raise ChargerError(f"connect {cfg.csms_url}: {type(exc).__name__}") from None
+                try:
+                    await asyncio.wait_for(self._stop.wait(), min(30.0, 2.0 ** attempt))
+                except asyncio.TimeoutError:
+                    pass
         async with ws:
             self.cp = self._make_cp(ws)
             self.guard = apply_guard(self.cp, self.link, cfg.ocpp_version)
@@ -136,6 +149,7 @@ class ChargerSession:
         await self.cp.start()
 
     async def _lifecycle(self, recv: asyncio.Task) -> None:
+        self.model.on_emit = self._outbox_ready.set
         try:
             self.model.boot()
             await self.cp.send_boot()
@@ -147,15 +161,17 @@ class ChargerSession:
                 for t in tasks:
                     t.cancel()
         finally:
+            self.model.on_emit = None
             recv.cancel()
 
     async def _pump(self) -> None:
-        while True:
+        while True:       # woken by the model's on_emit (no polling: fleets run hundreds of these)
+            self._outbox_ready.clear()
             while self.model.outbox:
                 event = self.model.outbox.popleft()
                 await self.cp.send_event(event)
             self.twin.publish()
-            await asyncio.sleep(0.01)
+            await self._outbox_ready.wait()
 
     async def _heartbeat(self) -> None:
         while True:

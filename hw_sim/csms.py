@@ -192,7 +192,8 @@ class Csms:
         return self._tx
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self._server = await websockets.serve(self._handle, host, port, subprotocols=["ocpp2.0.1", "ocpp1.6"])
+        self._server = await websockets.serve(self._handle, host, port, subprotocols=["ocpp2.0.1", "ocpp1.6"],
+                                              backlog=1024)   # fleets: hundreds of chargers connect at once
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -78,12 +78,12 @@ class SimVehicle:
 
 class SimCharger:
     def __init__(self, config: ChargerConfig, link: DeviceLink, clock: Clock, csms: Csms, *,
-                 ocpp_version: str = "1.6", physics_interval_s: float = 10.0) -> None:
+                 ocpp_version: str = "1.6", physics_interval_s: float = 10.0, connect_attempts: int = 1) -> None:
         self.clock, self.csms = clock, csms
         self.model = ChargerModel(config)
         self.session = ChargerSession(self.model, link, clock, SessionConfig(
             csms_url=csms.url(config.charger_id), ocpp_version=ocpp_version,
-            physics_interval_s=physics_interval_s))
+            physics_interval_s=physics_interval_s, connect_attempts=connect_attempts))
 
     @property
     def id(self) -> str:

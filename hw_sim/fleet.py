@@ -142,7 +142,7 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
                                                       seed=cfg.seed * 100_003 + i, tick_s=30)
         else:
             sim = SimCharger(ChargerConfig(charger_id=dev_id, connectors=2), link, clock, csms,
-                             ocpp_version="2.0.1" if i % 2 else "1.6", physics_interval_s=60)
+                             ocpp_version="2.0.1" if i % 2 else "1.6", physics_interval_s=60, connect_attempts=6)
         result.devices.append(FleetDevice(dev_id, kind, host, sim, _days_for(kind, cfg.scenario, rng, all_days)))
         if (i + 1) % 100 == 0:
             progress(f"fleet: {i + 1}/{cfg.vehicles + cfg.chargers} agents initialised")
@@ -158,7 +158,7 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
                 await asyncio.sleep(0.2)   # stagger MQTT connects: 20 per 0.2 s, no SYN storm at the broker
         sims = [tg.create_task(d.sim.run()) for d in result.devices]
         if cfg.chargers:
-            await asyncio.gather(*(d.sim.ready(30) for d in result.devices if d.kind == "charger"))
+            await asyncio.gather(*(d.sim.ready(60) for d in result.devices if d.kind == "charger"))
         lives = [tg.create_task(_device_life(d, clock, random.Random(cfg.seed + k), end_ms, cfg.scenario == "mixed"))
                  for k, d in enumerate(result.devices)]
         while clock.now_ms() < end_ms:
@@ -178,8 +178,7 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
             progress(f"fleet: {stuck} device models did not stop within 15 s (cancelled)")
         sim_wall = time.monotonic() - t_sim
         drained = await _drain(result.devices, cfg, progress) if cfg.broker else None
-        for d in result.devices:
-            await d.host.stop()
+        await asyncio.gather(*(d.host.stop() for d in result.devices))   # concurrently: each waits for its fsync
         await asyncio.gather(*runners, return_exceptions=True)
     if cfg.chargers:
         await csms.close()
@@ -201,10 +200,20 @@ async def _drain(devices: list[FleetDevice], cfg: FleetConfig, progress: Callabl
         behind = [d for d in devices if (d.host.spool.last_receipt() or (0, -1))[1] < target[d.id]]
         if not behind or time.monotonic() > deadline:
             break
-        progress(f"fleet: waiting for receipts, {len(behind)} devices behind")
+        progress(f"fleet: waiting for receipts, {len(behind)} devices behind "
+                 f"(e.g. {behind[0].id}: {_uplink_brief(behind[0])})")
         await asyncio.sleep(1.0)
     return {"target_seq_total": sum(v + 1 for v in target.values()), "devices_behind": len(behind),
             **{f"target:{k}": v for k, v in target.items()}}
+
+
+def _uplink_brief(d: FleetDevice) -> str:
+    u = d.host.uplink
+    if u is None:
+        return "no uplink"
+    st = u.state()
+    return (f"connected={st['connected']} inflight={st['inflight']} last_receipt={st['last_receipt']} "
+            f"cursor={st['cursor_cp']} error={st['last_error']} counts={st['counts']}")
 
 
 def _summary(devices: list[FleetDevice], cfg: FleetConfig, sim_wall_s: float, drained: dict | None) -> dict[str, Any]:
