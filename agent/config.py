@@ -23,6 +23,7 @@ from .errors import ConfigError, NotInitialised
 # Largest frame whose record still fits the core's record limit after the agent adds its
 # header fields (seq, boot, mono, wall, kind: at most ~60 bytes more than the frame body).
 MAX_FRAME_BYTES = MAX_RECORD_BYTES - 128
+SYNCHRONOUS = ("full", "normal", "off")   # [spool] synchronous: SQLite's fsync policy
 
 
 def _positive(section: str, name: str, value: int, low: int = 1, high: int | None = None) -> None:
@@ -75,11 +76,17 @@ class LedgerConfig:
 class SpoolConfig:
     path: str = "spool.db"
     max_bytes: int = 64 * 1024 * 1024     # record + checkpoint bytes kept (SQLite adds ~20-40 %)
-    cache_kib: int = 512                  # SQLite page cache per connection
+    cache_kib: int = 128                  # SQLite page cache per connection (appends touch few pages)
+    # "full": every commit is fsynced before verdicts and sync acks go out (DESIGN §4).
+    # "normal" and "off" trade durability for latency: a commit survives the agent being
+    # killed but not a power cut ("normal" still fsyncs when the WAL is folded back).
+    synchronous: str = "full"
 
     def __post_init__(self) -> None:
         _positive("spool", "max_bytes", self.max_bytes, 4096)
         _positive("spool", "cache_kib", self.cache_kib, 64)
+        if self.synchronous not in SYNCHRONOUS:
+            raise ConfigError("spool.synchronous", self.synchronous, f"must be one of {', '.join(SYNCHRONOUS)}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -220,6 +227,9 @@ drop_summary_interval_ms = {lg.drop_summary_interval_ms}
 path = "{sp.path}"                 # SQLite (WAL), relative to state_dir
 max_bytes = {sp.max_bytes}             # oldest api-only checkpoints are evicted beyond this
 cache_kib = {sp.cache_kib}
+synchronous = "{sp.synchronous}"             # "full": fsync every commit (records survive a power cut).
+                                  # "normal"/"off": faster, but a power cut can lose acknowledged
+                                  # records and commands; only where power is backed up.
 
 [rules]
 # mode = "monitor"                 # or "enforce" (blocks only where a rule is enforce_safe)

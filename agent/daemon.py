@@ -159,7 +159,8 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
     started = time.time()
     try:
         keystore = FileKeyStore(config.key_dir)
-        spool = Spool(config.spool_path, max_bytes=config.spool.max_bytes, cache_kib=config.spool.cache_kib)
+        spool = Spool(config.spool_path, max_bytes=config.spool.max_bytes, cache_kib=config.spool.cache_kib,
+                      synchronous=config.spool.synchronous)
         counters: Counter[str] = Counter(spool.counters())
         problems: list[str] = []
         if (check := spool.quick_check()):

@@ -1,7 +1,7 @@
 """The spool: sealed checkpoints and their records on flash until the collector's receipt.
 
-SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=FULL`` (every commit is fsynced)
-and ``secure_delete=ON``. One transaction per commit holds the new checkpoints, their
+SQLite (stdlib ``sqlite3``) in WAL mode with ``synchronous=FULL`` (every commit is fsynced;
+``synchronous="normal"``/``"off"`` trade that for latency, see ``SpoolConfig``) and ``secure_delete=ON``. One transaction per commit holds the new checkpoints, their
 records, the chain state (which carries the forward-secure key K_next) and the counters,
 so after a crash the file holds either all of a checkpoint or none of it.
 
@@ -128,10 +128,13 @@ def _connect(path: str, *, readonly: bool, cache_kib: int) -> sqlite3.Connection
 
 class Spool:
     def __init__(self, path: Path | str, *, max_bytes: int = 64 * 1024 * 1024, cache_kib: int = 1024,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, synchronous: str = "full") -> None:
+        if synchronous not in ("full", "normal", "off"):
+            raise ValueError(f"synchronous must be full, normal or off, not {synchronous!r}")
         self.path = str(path)
         self.max_bytes = max_bytes
         self.readonly = readonly
+        self.synchronous = synchronous
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._damaged: set[int] = set()
@@ -145,7 +148,7 @@ class Spool:
                 mode = self._w.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode != "wal":
                     raise errors.SpoolError(f"journal_mode is {mode}, WAL needed")
-                for pragma in ("synchronous=FULL", "secure_delete=ON", "journal_size_limit=4194304",
+                for pragma in (f"synchronous={synchronous.upper()}", "secure_delete=ON", "journal_size_limit=4194304",
                                "temp_store=MEMORY"):
                     self._w.execute(f"PRAGMA {pragma}")
                 self._w.executescript(SCHEMA)
@@ -215,10 +218,12 @@ class Spool:
 
     # --- writing ---------------------------------------------------------------------
     def commit(self, blocks: Sequence[Sealed], *, evict: Eviction | None = None,
-               counters: Mapping[str, int] | None = None) -> None:
-        """Store sealed checkpoints with their records and the state after the last one: one fsynced transaction."""
+               counters: Mapping[str, int] | None = None, wait: bool = True) -> bool:
+        """Store sealed checkpoints with their records and the state after the last one: one
+        transaction (fsynced with ``synchronous="full"``). With ``wait=False`` nothing is done
+        and False returned when another write (a receipt) holds the writer."""
         if not blocks:
-            return
+            return True
         added = 0
         rows = []
         for b in blocks:
@@ -241,9 +246,14 @@ class Spool:
             self._put_state(c, blocks[-1].state)
             return freed
 
-        with self._wlock:
+        if not self._wlock.acquire(wait):
+            return False
+        try:
             freed = self._txn(work)
             self.bytes_used += added - freed
+        finally:
+            self._wlock.release()
+        return True
 
     def _put_state(self, c: sqlite3.Connection, state: ChainState) -> None:
         body = encode_state(state)

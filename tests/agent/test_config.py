@@ -28,6 +28,7 @@ def test_environment_overrides_the_file(tmp_path):
 
 @pytest.mark.parametrize("doc, option", [
     ({"spool": {"max_bytes": 10}}, "spool.max_bytes"),
+    ({"spool": {"synchronous": "sometimes"}}, "spool.synchronous"),
     ({"ledger": {"checkpoint_records": 0}}, "ledger.checkpoint_records"),
     ({"ingest": {"max_frame_bytes": 10**6}}, "ingest.max_frame_bytes"),
     ({"ingest": {"tcp_prot": 1}}, "ingest.tcp_prot"),
