@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +28,9 @@ from typing import Any
 
 import msgpack
 
-
 from .config import IngestConfig
 from .core.errors import RecordInvalid
+from .frames import STREAM_LIMIT_BYTES, FrameError, FrameReader, encode_frame
 from .ledger import Ledger
 
 log = logging.getLogger("veritrail.ingest")
@@ -42,100 +41,7 @@ TWIN_ALERT = "twin.update"
 _AGENT_SET = frozenset({"seq", "boot", "mono", "wall", "kind", "v", "r", "rb"})
 _SHIM_KINDS = ("api", "state")
 _MAX_REASON = 32
-_HEADER = struct.Struct(">I")
-
-
-# The frame format of firmware_shim/framing.py (docs/protocol.md), read and written here
-# without importing the shim package (its import costs the daemon ~1.3 MiB of RSS);
-# tests/agent/test_frames.py checks both sides give the same results for any bytes.
-STREAM_LIMIT_BYTES = 16 * 1024 * 1024
-_packb = msgpack.Packer(use_bin_type=True).pack
-
-
-def encode_frame(obj: dict[str, Any]) -> bytes:
-    """One reply frame: 4-byte big-endian length ‖ msgpack map."""
-    body = _packb(obj)
-    return _HEADER.pack(len(body)) + body
-
-
-class FrameError:
-    """A frame that could not be decoded (same codes as firmware_shim.framing.FrameError)."""
-
-    __slots__ = ("code", "size", "detail")
-    TOO_LARGE, MALFORMED, STREAM_LOST = "too_large", "malformed", "stream_lost"
-
-    def __init__(self, code: str, size: int, detail: str) -> None:
-        self.code, self.size, self.detail = code, size, detail
-
-    @property
-    def fatal(self) -> bool:
-        return self.code == FrameError.STREAM_LOST
-
-    def __repr__(self) -> str:
-        return f"FrameError({self.code!r}, size={self.size}, detail={self.detail!r})"
-
-
-def _reject_ext(code: int, data: bytes) -> Any:
-    raise ValueError("ext type not allowed")
-
-
-class FrameReader:
-    """The agent's reader for frames of ``firmware_shim.framing`` (same format, same results:
-    decoded maps or ``FrameError`` markers), about twice as fast as the portable
-    ``FrameDecoder`` because it slices the received bytes directly; a property test checks
-    both give the same items for any bytes cut at any points."""
-
-
-    __slots__ = ("max_frame_bytes", "_buf", "_skip", "lost")
-
-    def __init__(self, max_frame_bytes: int) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = b""
-        self._skip = 0
-        self.lost = False
-
-    def feed(self, data: bytes) -> list[Any]:
-        if self.lost:
-            return []
-        if self._skip:
-            n = min(self._skip, len(data))
-            self._skip -= n
-            data = data[n:]
-        buf = self._buf + data if self._buf else data
-        items: list[Any] = []
-        pos, end, limit = 0, len(buf), self.max_frame_bytes
-        hdr, unpackb = _HEADER.unpack_from, msgpack.unpackb
-        while end - pos >= 4:
-            (length,) = hdr(buf, pos)
-            stop = pos + 4 + length
-            if length > limit or length == 0:
-                if length > STREAM_LIMIT_BYTES:
-                    items.append(FrameError(FrameError.STREAM_LOST, length, "length over stream limit"))
-                    self.lost, self._buf = True, b""
-                    return items
-                if length == 0:
-                    items.append(FrameError(FrameError.MALFORMED, 0, "empty body"))
-                    pos = stop
-                    continue
-                items.append(FrameError(FrameError.TOO_LARGE, length, "frame over max_frame_bytes"))
-                if stop > end:
-                    self._skip, pos = stop - end, end
-                    break
-                pos = stop
-                continue
-            if stop > end:
-                break
-            try:
-                obj = unpackb(buf[pos + 4:stop], ext_hook=_reject_ext)
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                obj = FrameError(FrameError.MALFORMED, length, "not msgpack: " + type(exc).__name__)
-            else:
-                if type(obj) is not dict:
-                    obj = FrameError(FrameError.MALFORMED, length, f"body is a {type(obj).__name__}, not a map")
-            items.append(obj)
-            pos = stop
-        self._buf = buf[pos:] if pos < end else b""
-        return items
+__all__ = ["Connection", "IngestServer", "FrameReader", "FrameError", "encode_frame", "STREAM_LIMIT_BYTES"]
 
 
 _FIELD_TYPES: dict[str, type] = {"lat": int, "rq": int, "rs": int, "api": str, "sub": str, "src": dict, "x": dict}
@@ -158,6 +64,26 @@ def _check(r: dict[str, Any]) -> str | None:
 
 
 _TYPE_TEXT = {int: "an unsigned integer", str: "a string", dict: "a map"}
+
+# The hot path's check of a decoded record, in C-level steps: no (field, type) pair of the
+# record may be in _REFUSED (a wrong type for a known field, or any agent-set field), and the
+# unsigned fields must not be negative. msgpack decoding (ext types refused) only yields the
+# types below, so _REFUSED lists every wrong one; a record that fails goes through
+# _fields()/_check(), which name the problem (test_frames pins that both agree).
+_DECODED_TYPES = (type(None), bool, int, float, str, bytes, list, dict, msgpack.Timestamp)
+_REFUSED = frozenset(
+    [(name, t) for name, want in _FIELD_TYPES.items() for t in _DECODED_TYPES if t is not want]
+    + [("st", t) for t in _DECODED_TYPES if t is not int and t is not str]
+    + [(name, t) for name in _AGENT_SET for t in _DECODED_TYPES])
+
+
+def _clean(r: dict[str, Any]) -> bool:
+    """True when ``r`` needs neither sanitising nor a refusal (same answer as _check for
+    decoded records without agent-set fields; False for any record with one)."""
+    if not _REFUSED.isdisjoint(zip(r, map(type, r.values()))):
+        return False
+    get = r.get
+    return get("lat", 0) >= 0 and get("rq", 0) >= 0 and get("rs", 0) >= 0
 
 
 def _err(id_: Any, code: str, msg: str) -> bytes:
@@ -244,18 +170,16 @@ class Connection(asyncio.BufferedProtocol):
         ledger = self.ledger
         ledger.tick()
         batch: list[dict[str, Any]] = []  # consecutive plain records: appended in one go
-        agent_set, add = _AGENT_SET, batch.append
+        clean, add = _clean, batch.append
         for obj in items:
             if type(obj) is dict:
                 t = obj.get("t")
                 if t == "rec" and not obj.get("sync"):
                     r = obj.get("r")
-                    # hot path, inlined: a clean record needs one type check per known field
-                    if type(r) is dict and agent_set.isdisjoint(r):
+                    if type(r) is dict and clean(r):  # hot path
                         r["kind"] = "api"
-                        if _check(r) is None:
-                            add(r)
-                            continue
+                        add(r)
+                        continue
                     fields = self._fields(obj)
                     if fields is not None:
                         add(fields)
@@ -287,6 +211,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._frame_error(obj)
         if batch:
             self._append_batch(batch)
+        ledger.flush()
         if ledger.congested:
             self.server.pause_all()
 
@@ -303,6 +228,8 @@ class Connection(asyncio.BufferedProtocol):
         logins...). A record that carries a verdict (``x.v``) was already judged as a remote
         command through ``chk`` (e.g. the OCPP guard's record of the call) and is skipped, so
         windows are not counted twice. Observation may alert, never block."""
+        if not any(type(api) is str and watches(api) for api in {r.get("api") for r in batch}):
+            return  # the usual case, asked once per api name instead of once per record
         engine, wall = self.server.engine, self.ledger.wall
         for r in batch:
             api = r.get("api")

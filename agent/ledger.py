@@ -5,7 +5,11 @@ at the end of the current loop iteration after a security-class record or a sync
 at start and at orderly stop, and as an empty heartbeat when idle. Sealing happens on the
 event loop (pure CPU); commits run on one writer thread, several queued checkpoints per
 fsynced transaction, so ingest keeps going while the disk works. Callers wait for
-durability with ``when_durable(seq, callback)``.
+durability with ``when_durable(seq, callback)``; callbacks run on the loop as soon as the
+writer reports the commit (one thread hand-off each way, no Futures or extra tasks).
+With ``[spool] synchronous = "off"`` (no fsync) a small commit, such as a checkpoint of
+security records, is done on the loop when the writer is idle: handing it to the thread
+and back would cost more than the commit itself.
 
 Queue policy: sealed-but-uncommitted records are bounded by ``backlog_records``; above it
 ``congested`` is true and ingest stops reading sockets until the backlog halves.
@@ -18,23 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .config import LedgerConfig
 from .core.chain import Sealed, Sealer
 from .core.errors import RecordInvalid
-from .core.verify import EVICTED
 from .errors import SpoolError
 from .spool import Eviction, Spool
 
 log = logging.getLogger("veritrail.ledger")
 
 DROPPED = "agent.dropped"
+EVICTED = "agent.evicted"  # agent.core.verify.EVICTED (not imported: the daemon does not need verify)
 _TICK_S = 0.05
+_INLINE_MAX_RECORDS = 64   # synchronous="off": commits up to this size are done on the loop
+_Job = tuple[list[Sealed], "Eviction | None", dict[str, int]]
 
 
 def _mono_ms() -> int:
@@ -62,10 +69,18 @@ class Ledger:
         self._queued_records = 0
         self._inflight_records = 0
         self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
-        self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._urgent_scheduled = False
+        self._urgent_due = False                # urgent() asked for a seal not yet done
+        self._urgent_scheduled = False          # ... and its end-of-iteration callback is queued
+        self._kick_scheduled = False
+        self._inflight = False                  # a commit is with the writer (one at a time)
+        self._inline = spool.synchronous == "off"
+        self._counters_saved: dict[str, int] = {}
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Future[None] | None = None
         self._open_since: int | None = None
         self._open_sec = False                  # the open range holds a security-class record
         self._last_seal = self.mono
@@ -79,7 +94,6 @@ class Ledger:
         self.last_commit_error: str | None = None
         self.on_commit: list[Callable[[], None]] = []
         self.on_relief: list[Callable[[], None]] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vt-spool")
 
     # --- clock ----------------------------------------------------------------------
     def tick(self) -> None:
@@ -141,15 +155,26 @@ class Ledger:
         return seq
 
     def urgent(self) -> None:
-        """Seal what is open at the end of this loop iteration (several frames share one checkpoint)."""
+        """Seal what is open at the end of this loop iteration, or at ``flush()`` if that comes
+        first (several frames share one checkpoint)."""
+        self._urgent_due = True
         if not self._urgent_scheduled:
             self._urgent_scheduled = True
             asyncio.get_running_loop().call_soon(self._seal_urgent)
 
     def _seal_urgent(self) -> None:
         self._urgent_scheduled = False
-        if self.sealer.pending:
-            self._seal("security")
+        self.flush()
+
+    def flush(self) -> None:
+        """End of a burst of input (ingest calls it after each read): seal what ``urgent()``
+        asked for and hand what is sealed to the writer now rather than a loop iteration later."""
+        if self._urgent_due:
+            self._urgent_due = False
+            if self.sealer.pending:
+                self._seal("security")
+        if self._queue:
+            self._kick()
 
     def when_durable(self, seq: int, callback: Callable[[], None]) -> None:
         if seq <= self.durable_seq:
@@ -174,7 +199,9 @@ class Ledger:
         self._queue.append(sealed)
         self._queued_records += len(sealed.records)
         self._idle.clear()
-        self._wake.set()
+        if not self._kick_scheduled:  # checkpoints sealed in this iteration go in one commit
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick_soon)
         return sealed
 
     # --- lifecycle ------------------------------------------------------------------
@@ -183,14 +210,15 @@ class Ledger:
         self.tick()
         seq = self.sealer.append(fields, self.mono, self.wall)[0]
         self._seal("start")
-        await self._commit_queued()
+        self._kick()
+        await self._idle.wait()
         return seq
 
     async def run(self) -> None:
-        """Writer and timers; returns after ``stop``."""
+        """Timers, and the writer thread's health; returns after ``stop``, raises if the writer died."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._writer())
             tg.create_task(self._timers())
+            tg.create_task(self._watch_writer())
 
     async def stop(self, fields: dict[str, Any]) -> None:
         """Final records and checkpoint, committed; then the writer and timers end."""
@@ -201,9 +229,14 @@ class Ledger:
         self.sealer.append(fields, self.mono, self.wall)
         self._seal("stop")
         self._stopping = True
-        self._wake.set()
+        self._kick()
         await self._idle.wait()
-        self._executor.shutdown(wait=True)
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+        if not self._finished().done():
+            self._finished().set_result(None)
 
     async def drained(self) -> None:
         """Wait until everything sealed so far is committed."""
@@ -229,6 +262,14 @@ class Ledger:
                 self.full = False
                 self._summarise_drops()
 
+    def _finished(self) -> asyncio.Future[None]:
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        return self._done
+
+    async def _watch_writer(self) -> None:
+        await self._finished()  # None after stop(); the writer's exception if it died
+
     def _summarise_drops(self) -> None:
         if not self._drops_since_summary:
             return
@@ -237,37 +278,79 @@ class Ledger:
         log.warning("records dropped since last summary: %s", drops)
         self.append_security({"kind": "agent", "api": DROPPED, "x": {"n": drops}})
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._queue:
-                await self._commit_queued()
-                self._after_commit()
-            if not self._queue:
-                self._idle.set()
-                if self._stopping:
-                    return
+    # --- commits: one at a time, on the writer thread (or inline, see the module doc) ---
+    def _kick_soon(self) -> None:
+        self._kick_scheduled = False
+        self._kick()
 
-    async def _commit_queued(self) -> None:
+    def _kick(self) -> None:
+        """Hand everything sealed to the writer unless a commit is under way (then it goes
+        with the next one: several checkpoints per transaction)."""
+        if self._inflight or not self._queue:
+            return
         blocks, self._queue = self._queue, []
         n = self._queued_records
         self._queued_records, self._inflight_records = 0, n
         evict, self._evict_plan = self._evict_plan, None
-        counters = dict(self.counters)
-        loop = asyncio.get_running_loop()
-        delay = 0.05
-        while True:
+        saved = self._counters_saved
+        counters = {k: v for k, v in self.counters.items() if saved.get(k) != v}
+        self._inflight = True
+        if self._inline and n <= _INLINE_MAX_RECORDS and evict is None:
             try:
-                await loop.run_in_executor(self._executor, self._commit, blocks, evict, counters)
-                break
+                done = self.spool.commit(blocks, counters=counters, wait=False)
             except SpoolError as exc:
-                self.counters["spool.commit_failed"] += 1
-                self.last_commit_error = exc.reason
-                log.error("spool commit failed (%d checkpoints, retrying): %s", len(blocks), exc.reason)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                self._commit_failed(exc.reason, len(blocks))
+                done = False  # the writer retries it
+            if done:
+                self._committed(blocks, evict, counters)
+                return
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._write_loop, name="vt-spool", daemon=True)
+            self._thread.start()
+        self._jobs.put((blocks, evict, counters))
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit each job (retrying while the spool refuses), report on the loop."""
+        loop = self._loop
+        assert loop is not None
+        while (job := self._jobs.get()) is not None:
+            blocks, evict, counters = job
+            delay = 0.05
+            while True:
+                try:
+                    self.spool.commit(blocks, evict=evict, counters=counters)
+                    break
+                except SpoolError as exc:
+                    self._report(loop, self._commit_failed, exc.reason, len(blocks))
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                except BaseException as exc:  # a bug: the daemon must see it, not hang
+                    self._report(loop, self._writer_died, exc)
+                    return
+            self._report(loop, self._committed, blocks, evict, counters)
+
+    @staticmethod
+    def _report(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+    def _commit_failed(self, reason: str, nblocks: int) -> None:
+        self.counters["spool.commit_failed"] += 1
+        self.last_commit_error = reason
+        log.error("spool commit failed (%d checkpoints, retrying): %s", nblocks, reason)
+
+    def _writer_died(self, exc: BaseException) -> None:
+        log.error("spool writer failed: %s", type(exc).__name__)
+        if not self._finished().done():
+            self._finished().set_exception(exc)
+
+    def _committed(self, blocks: list[Sealed], evict: Eviction | None, counters: dict[str, int]) -> None:
+        self._inflight = False
         self._inflight_records = 0
+        self._counters_saved.update(counters)
         self.durable_seq = blocks[-1].last  # an empty checkpoint has last = first - 1
         if evict is not None:
             self._evicting = False
@@ -280,9 +363,11 @@ class Ledger:
         if not self.congested:
             for cb in self.on_relief:
                 cb()
-
-    def _commit(self, blocks: list[Sealed], evict: Eviction | None, counters: dict[str, int]) -> None:
-        self.spool.commit(blocks, evict=evict, counters=counters)
+        self._after_commit()
+        if self._queue:
+            self._kick()
+        if not self._queue and not self._inflight:
+            self._idle.set()
 
     def _after_commit(self) -> None:
         spool = self.spool

@@ -23,6 +23,7 @@ _pack = msgpack.Packer(use_bin_type=True).pack  # raw: ints never fail; fields a
 
 _K_SEQ, _K_BOOT, _K_MONO, _K_WALL = (_pack(k) for k in (SEQ, BOOT, MONO, WALL))
 _FIXMAP = [bytes((0x80 | n,)) for n in range(16)]
+_HEADER_KEYS = frozenset((SEQ, BOOT, MONO, WALL))
 _sha256 = hashlib.sha256
 
 
@@ -155,11 +156,11 @@ class Sealer:
             self._mw = b"".join((_K_MONO, _pack(mono), _K_WALL, _pack(wall)))
         tail = self._boot_kv + self._mw
         first = seq = self._seq
-        pack, sha256, fixmap, kseq = _pack, _sha256, _FIXMAP, _K_SEQ
+        pack, join, fixmap, kseq, header = _pack, b"".join, _FIXMAP, _K_SEQ, _HEADER_KEYS
         datas: list[bytes] = []
-        kinds: list[str] = []
+        add = datas.append
         for fields in batch:
-            if SEQ in fields or BOOT in fields or MONO in fields or WALL in fields:
+            if not header.isdisjoint(fields):
                 raise RecordInvalid(next(k for k in (SEQ, BOOT, MONO, WALL) if k in fields),
                                     "set by the agent, not the caller")
             try:
@@ -168,15 +169,15 @@ class Sealer:
                 body = _encode(fields)
             b0 = body[0]
             if 0x80 <= b0 <= 0x8B:  # fixmap with room for the 4 header keys
-                datas.append(b"".join((fixmap[b0 - 0x7C], kseq, pack(seq), tail, body[1:])))
+                add(join((fixmap[b0 - 0x7C], kseq, pack(seq), tail, body[1:])))
             else:
-                datas.append(_splice(body, kseq + pack(seq) + tail))
-            kinds.append(fields.get(KIND, "api"))
+                add(_splice(body, kseq + pack(seq) + tail))
             seq += 1
         op = self._open
-        op.records.extend(datas)
-        op.leaves.extend([sha256(b"\x00" + d).digest() for d in datas])
-        op.kinds.extend(kinds)
+        op.records += datas
+        sha256 = _sha256
+        op.leaves += [sha256(b"\x00" + d).digest() for d in datas]
+        op.kinds += [fields.get(KIND, "api") for fields in batch]
         self._seq = seq
         return first
 

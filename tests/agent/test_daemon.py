@@ -185,6 +185,31 @@ def test_restart_keeps_seq_and_boot_and_the_export_verifies(tmp_path):
     assert json.loads(res.stdout)["records"] == len(recs)
 
 
+@pytest.mark.parametrize("synchronous", ["off", "normal"])
+def test_without_fsync_verdicts_still_wait_for_the_commit_and_the_chain_verifies(tmp_path, judge, synchronous):
+    # "off" commits small checkpoints on the loop when the writer is idle and hands bursts
+    # to the writer thread; both must keep the order of seals, commits and replies.
+    h = AgentHarness(tmp_path / "a", engine=judge, spool__synchronous=synchronous,
+                     ledger__checkpoint_interval_ms=100).start()
+    try:
+        c = h.client()
+        for i in range(12):
+            for j in range(600 if i % 4 == 0 else 1):
+                c.send({"t": "rec", "r": {"api": "ocpp.MeterValues", "x": {"i": i, "j": j}}})
+            v = c.call({"t": "chk", "id": i + 1, "c": {"cmd": "tcu.door_unlock", "args": {}, "src": {"id": "app"}}})
+            assert v["t"] == "verdict" and v["id"] == i + 1 and v["v"] == "block"
+            cmd = _records(h)[v["seq"]]  # committed before the verdict came back
+            assert cmd["kind"] == "cmd" and cmd["v"] == "block"
+        last = c.call({"t": "rec", "r": {"api": "end"}, "sync": True, "id": 99})["seq"]
+    finally:
+        h.stop()
+    recs = _records(h)
+    assert sorted(recs) == list(range(len(recs))) and last in recs
+    assert sum(1 for r in recs.values() if r["api"] == "ocpp.MeterValues") == 3 * 600 + 9
+    items, start = _items(h)
+    assert verify_stream(Trust.from_enrollment(json.loads(h.enrollment.read_text())), items, start).ok
+
+
 def _write_config(h: AgentHarness, tmp_path) -> str:
     return str(h.dir / "agent.toml")
 
