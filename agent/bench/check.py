@@ -2,12 +2,15 @@
 agent (the real daemon, `veritrail agent run`, a separate process) over its Unix socket,
 next to a bare Unix-socket echo of the same frame size measured in the same run.
 
-- ``p50_us`` / ``p99_us``: `Shim.check()` → verdict, daemon state on tmpfs (/dev/shm), where
-  fsync costs nothing: the protocol + rules + ledger path without the disk.
-- ``fsync_p50_us`` / ``fsync_p99_us``: the same with the daemon's state on disk; the agent
-  fsyncs the `cmd` record before it answers (DESIGN §4), so this is what a device pays.
+- ``p50_us`` / ``p99_us``: `Shim.check()` → verdict from a daemon with
+  ``[spool] synchronous = "off"`` (no fsync): the protocol + rules + sealing + SQLite
+  commit path without waiting for the disk.
+- ``fsync_p50_us`` / ``fsync_p99_us``: the same with the default ``synchronous = "full"``:
+  the agent fsyncs the `cmd` record before it answers (DESIGN §4), what a device pays.
 - ``echo_p50_us`` / ``echo_p99_us``: a Python echo server in its own process; the client
-  writes a frame as long as a `chk` frame and reads as many bytes back.
+  writes a frame as long as a `chk` frame and reads as many bytes back. Echo and check
+  round trips alternate one by one, so noise on the shared machine hits both alike
+  (``fsync_echo_*``: the echo figures of the fsync run).
 - ``fake_agent_p50_us`` / ``fake_agent_p99_us``: the same checks against FakeAgent (the
   protocol stand-in in firmware_shim.testing, own process): the shim's and framing's share.
 - ``records_per_s``: `Shim.record()` calls per second from one caller while the daemon
@@ -70,28 +73,33 @@ def _percentiles(samples_ns: list[int]) -> tuple[float, float]:
     return round(p50 / 1000, 1), round(p99 / 1000, 1)
 
 
-def _echo(n: int, frame_bytes: int, tmp: Path) -> tuple[float, float]:
-    path = tmp / "echo.sock"
-    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+class _Echo:
+    """A bare Unix-socket echo server in its own process and a client of it."""
+
+    def __init__(self, tmp: Path, frame_bytes: int) -> None:
+        path = tmp / "echo.sock"
+        self.proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(path)], stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout is None or self.proc.stdout.readline().strip() != "ready":
+            self.close()
             raise RuntimeError("echo server did not start")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(path))
-        payload = b"x" * frame_bytes
-        samples = []
-        for _ in range(n + n // 10):
-            t0 = time.perf_counter_ns()
-            sock.sendall(payload)
-            got = 0
-            while got < frame_bytes:
-                got += len(sock.recv(65536))
-            samples.append(time.perf_counter_ns() - t0)
-        sock.close()
-        return _percentiles(samples[n // 10 :])  # first 10 %: warm-up
-    finally:
-        proc.kill()
-        proc.wait()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.payload = b"x" * frame_bytes
+
+    def round_trip_ns(self) -> int:
+        sock, payload, want = self.sock, self.payload, len(self.payload)
+        t0 = time.perf_counter_ns()
+        sock.sendall(payload)
+        got = 0
+        while got < want:
+            got += len(sock.recv(65536))
+        return time.perf_counter_ns() - t0
+
+    def close(self) -> None:
+        if getattr(self, "sock", None) is not None:
+            self.sock.close()
+        self.proc.kill()
+        self.proc.wait()
 
 
 def _fake_checks(n: int, tmp: Path) -> tuple[float, float]:
@@ -119,10 +127,14 @@ def _fake_checks(n: int, tmp: Path) -> tuple[float, float]:
             proc.wait()
 
 
-def _start_daemon(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_daemon(directory: Path, synchronous: str) -> tuple[subprocess.Popen[bytes], str]:
     from agent.daemon_cli import init_agent
 
     paths = init_agent(device_id="bench-check", directory=directory, quiet=True)
+    text = paths.config.read_text()
+    if 'synchronous = "full"' not in text:
+        raise RuntimeError("the rendered config has no [spool] synchronous line")
+    paths.config.write_text(text.replace('synchronous = "full"', f'synchronous = "{synchronous}"'))
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(paths.config), "--log-level", "WARNING"],
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -161,14 +173,26 @@ def _checks(shim: Shim, n: int) -> tuple[float, float, dict[str, int]]:
     return p50, p99, sources
 
 
-def _daemon_checks(directory: Path, n: int, records: int, progress: Callable[[str], None]) -> dict[str, Any]:
-    proc, address = _start_daemon(directory)
+def _daemon_checks(directory: Path, synchronous: str, echo: _Echo, n: int, records: int) -> dict[str, Any]:
+    """n checks against a real daemon, each followed by one echo round trip (interleaved)."""
+    proc, address = _start_daemon(directory, synchronous)
     try:
         shim = Shim(agent=address, check_deadline_ms=5000, ring_frames=4096, ring_bytes=4 * 1024 * 1024)
-        p50, p99, sources = _checks(shim, n)
+        samples, echoes = [], []
+        sources: dict[str, int] = {}
+        for _ in range(n + n // 10):
+            t0 = time.perf_counter_ns()
+            verdict = shim.check(COMMAND, ARGS, SRC, "1")
+            samples.append(time.perf_counter_ns() - t0)
+            echoes.append(echo.round_trip_ns())
+            key = f"{verdict.source}:{verdict.action}"
+            sources[key] = sources.get(key, 0) + 1
         if sources.get("agent:allow", 0) + sources.get("agent:alert", 0) < n:
             raise RuntimeError(f"checks were not all answered by the agent: {sources}")
-        out: dict[str, Any] = {"p50_us": p50, "p99_us": p99, "verdicts": sources}
+        p50, p99 = _percentiles(samples[n // 10 :])  # first 10 %: warm-up
+        echo_p50, echo_p99 = _percentiles(echoes[n // 10 :])
+        out: dict[str, Any] = {"p50_us": p50, "p99_us": p99, "echo_p50_us": echo_p50, "echo_p99_us": echo_p99,
+                               "verdicts": sources}
         if records:
             t0 = time.perf_counter()
             for i in range(records):
@@ -191,38 +215,43 @@ def run(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
     n_fsync = 500 if quick else 5000
     records = 20000 if quick else 200000
     frame_bytes = len(encode_frame({"t": "chk", "id": 1, "c": {"cmd": COMMAND, "args": ARGS, "src": SRC, "sub": "1"}, "dl": 5000}))
-    progress(f"bench check: {n} checks (state on tmpfs), {n_fsync} (state on disk), {records} records; chk frame {frame_bytes} B")
-    with tempfile.TemporaryDirectory(prefix="vt-bench-echo-") as tmp:
-        echo_p50, echo_p99 = _echo(n, frame_bytes, Path(tmp))
-        fake_p50, fake_p99 = _fake_checks(n, Path(tmp))
-    progress(f"  echo: p50 {echo_p50} us, p99 {echo_p99} us")
-    progress(f"  check against FakeAgent (no rules/ledger): p50 {fake_p50} us, p99 {fake_p99} us")
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="vt-bench-check-", dir=shm) as tmp:
-        fast = _daemon_checks(Path(tmp), n, records, progress)
-    progress(f"  check, no-op fsync: p50 {fast['p50_us']} us, p99 {fast['p99_us']} us; "
-             f"records {fast['records_per_s']:,}/s (delivered {fast['records_delivered_per_s']:,}/s)")
+    progress(f"bench check: {n} checks (synchronous=off), {n_fsync} (synchronous=full, on disk), "
+             f"{records} records; chk frame {frame_bytes} B; each check followed by one echo")
     with tempfile.TemporaryDirectory(prefix="vt-bench-check-") as tmp:
-        disk = _daemon_checks(Path(tmp), n_fsync, 0, progress)
-    progress(f"  check, fsync on disk: p50 {disk['p50_us']} us, p99 {disk['p99_us']} us")
+        fake_p50, fake_p99 = _fake_checks(n, Path(tmp))
+        progress(f"  check against FakeAgent (no rules/ledger): p50 {fake_p50} us, p99 {fake_p99} us")
+        echo = _Echo(Path(tmp), frame_bytes)
+        try:
+            fast = _daemon_checks(Path(tmp) / "off", "off", echo, n, records)
+            progress(f"  check, synchronous=off: p50 {fast['p50_us']} us, p99 {fast['p99_us']} us; "
+                     f"echo p50 {fast['echo_p50_us']} us, p99 {fast['echo_p99_us']} us; "
+                     f"records {fast['records_per_s']:,}/s (delivered {fast['records_delivered_per_s']:,}/s)")
+            disk = _daemon_checks(Path(tmp) / "full", "full", echo, n_fsync, 0)
+            progress(f"  check, synchronous=full (fsync): p50 {disk['p50_us']} us, p99 {disk['p99_us']} us; "
+                     f"echo p50 {disk['echo_p50_us']} us, p99 {disk['echo_p99_us']} us")
+        finally:
+            echo.close()
     return {
         "checks": n,
         "p50_us": fast["p50_us"],
         "p99_us": fast["p99_us"],
-        "echo_p50_us": echo_p50,
-        "echo_p99_us": echo_p99,
-        "ratio_p99_to_echo": round(fast["p99_us"] / echo_p99, 2),
+        "echo_p50_us": fast["echo_p50_us"],
+        "echo_p99_us": fast["echo_p99_us"],
+        "ratio_p99_to_echo": round(fast["p99_us"] / fast["echo_p99_us"], 2),
+        "ratio_p50_to_echo": round(fast["p50_us"] / fast["echo_p50_us"], 2),
         "goal_ratio": GOAL_RATIO,
+        "synchronous": "off",
         "fake_agent_p50_us": fake_p50,
         "fake_agent_p99_us": fake_p99,
         "fsync_checks": n_fsync,
         "fsync_p50_us": disk["p50_us"],
         "fsync_p99_us": disk["p99_us"],
+        "fsync_echo_p50_us": disk["echo_p50_us"],
+        "fsync_echo_p99_us": disk["echo_p99_us"],
         "records": records,
         "records_per_s": fast["records_per_s"],
         "records_delivered_per_s": fast["records_delivered_per_s"],
         "record_drops": fast["record_drops"],
         "frame_bytes": frame_bytes,
-        "state_fast": "tmpfs" if shm else "default tmp",
         "quick": quick,
     }
