@@ -54,11 +54,11 @@ class FrameReader:
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._buf = b""
+        self._buf: bytes | bytearray = b""
         self._skip = 0
         self.lost = False
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes | bytearray) -> list[Any]:
         if self.lost:
             return []
         if self._skip:

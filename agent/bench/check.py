@@ -196,12 +196,12 @@ def _daemon_checks(directory: Path, synchronous: str, echo: _Echo, n: int, recor
         out: dict[str, Any] = {"p50_us": p50, "p99_us": p99, "echo_p50_us": echo_p50, "echo_p99_us": echo_p99,
                                "verdicts": sources}
         if records:
-            t0 = time.perf_counter()
+            start = time.perf_counter()
             for i in range(records):
                 shim.record("rest.GET /v1/status", src="bench", st=200, lat=800, rq=120, rs=64, i=i)
-            calls_s = time.perf_counter() - t0
+            calls_s = time.perf_counter() - start
             last = shim.check(COMMAND, ARGS, SRC, "1")
-            delivered_s = time.perf_counter() - t0
+            delivered_s = time.perf_counter() - start
             out["records_per_s"] = round(records / calls_s)
             out["records_delivered_per_s"] = round(records / delivered_s)
             out["record_drops"] = sum(shim.stats()["dropped"].values())
