@@ -30,9 +30,28 @@ class Sign1:
         return _sig_structure(self.protected, self.payload)
 
 
+def _bstr(data: bytes) -> bytes:
+    """CBOR byte string head + data (RFC 8949 §3: shortest length form)."""
+    n = len(data)
+    if n < 24:
+        head = bytes((0x40 | n,))
+    elif n < 0x100:
+        head = bytes((0x58, n))
+    elif n < 0x10000:
+        head = b"\x59" + n.to_bytes(2, "big")
+    else:
+        head = b"\x5a" + n.to_bytes(4, "big")
+    return head + data
+
+
+# ["Signature1", protected, external_aad = b"", payload]: an array of strings, encoded
+# by hand (it is on every seal and every check); tests pin it to cbor2's encoding.
+_SIG1_HEAD = b"\x84\x6aSignature1"
+_TAG18_ARRAY4 = b"\xd2\x84"
+
+
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:
-    # Arrays of byte/text strings: the encoding is deterministic without key sorting.
-    return cbor2.dumps(["Signature1", protected, b"", payload])
+    return b"".join((_SIG1_HEAD, _bstr(protected), b"\x40", _bstr(payload)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -43,7 +62,8 @@ def _protected(alg: str, kid: str) -> bytes:
 def sign1(payload: bytes, signer: Signer) -> bytes:
     protected = _protected(signer.alg, signer.kid)
     signature = signer.sign(_sig_structure(protected, payload))
-    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+    # tag 18 [protected, {} (unprotected), payload, signature]
+    return b"".join((_TAG18_ARRAY4, _bstr(protected), b"\xa0", _bstr(payload), _bstr(signature)))
 
 
 def parse1(message: bytes) -> Sign1:

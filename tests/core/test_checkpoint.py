@@ -62,3 +62,21 @@ def test_parse_any_bytes_gives_checkpoint_or_our_error(data):
         checkpoint.parse(data)
     except CheckpointMalformed:
         pass
+
+
+@given(st.binary(max_size=70_000), st.binary(min_size=1, max_size=300))
+@settings(max_examples=200)
+def test_hand_encoded_cose_envelope_equals_cbor2(payload, protected):
+    """sign1 and the Sig_structure are encoded by hand; they must be exactly what cbor2 gives."""
+    from agent.core import cose
+    assert cose._sig_structure(protected, payload) == cbor2.dumps(["Signature1", protected, b"", payload])
+
+    class FixedSigner:
+        alg, kid = "Ed25519", "00112233aabbccdd"
+
+        def sign(self, data: bytes) -> bytes:
+            return bytes(64)
+
+    message = cose.sign1(payload, FixedSigner())
+    prot = cose._protected("Ed25519", "00112233aabbccdd")
+    assert message == cbor2.dumps(cbor2.CBORTag(18, [prot, {}, payload, bytes(64)]))
