@@ -193,7 +193,7 @@ def load(path: Path | str, *, env: Mapping[str, str] | None = None) -> AgentConf
     return from_mapping(doc, base_dir=p.resolve().parent, env=env, source=str(p))
 
 
-def render(*, device_id: str, state_dir: str, key_dir: str) -> str:
+def render(*, device_id: str, state_dir: str, key_dir: str, device_class: str = "charger") -> str:
     """The commented config `veritrail agent init` writes."""
     d = IngestConfig()
     lg = LedgerConfig()
@@ -232,8 +232,17 @@ synchronous = "{sp.synchronous}"             # "full": fsync every commit (recor
                                   # records and commands; only where power is backed up.
 
 [rules]
-# mode = "monitor"                 # or "enforce" (blocks only where a rule is enforce_safe)
+device_class = "{device_class}"        # "charger" (OCPP 1.6J/2.0.1 pack) or "tcu" (vehicle pack)
+mode = "monitor"                  # "enforce": refuse commands where a rule is enforce_safe
+# fleet_public_key = "<hex>"      # rule bundles on the ctl topic must verify with it
+                                  # (veritrail rules keygen / veritrail rules bundle)
 
-# [uplink]                         # MQTT to the collector (see the uplink documentation)
-# enabled = true
+# [uplink]                        # MQTT to the collector; uncomment to ship the spool
+# host = "collector.example.net"
+# port = 8883
+# collector_public_key = "<hex>"  # printed by `veritrail collector init`; receipts must verify with it
+# tls_ca_file = "/etc/veritrail/ca.pem"       # TLS with a client certificate (production)
+# tls_cert_file = "/etc/veritrail/device.pem"
+# tls_key_file = "/etc/veritrail/device.key"
+# batch_linger_ms = 30000         # wait to fill a batch (security checkpoints go at once)
 '''

@@ -50,13 +50,14 @@ def _write_private(path: Path, data: bytes, *, force: bool) -> None:
 
 
 def init_agent(*, device_id: str, directory: Path | str, alg: str = "Ed25519", force: bool = False,
-               enroll_out: Path | str | None = None, quiet: bool = False) -> InitPaths:
+               enroll_out: Path | str | None = None, quiet: bool = False,
+               device_class: str = "charger") -> InitPaths:
     """Keys, config, state dir and enrollment file. Refuses to replace keys unless ``force``."""
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths = InitPaths(d / "agent.toml", d / "keys", d / "state",
                       Path(enroll_out).resolve() if enroll_out else d / "enroll.json")
-    text = render(device_id=device_id, state_dir="state", key_dir="keys")
+    text = render(device_id=device_id, state_dir="state", key_dir="keys", device_class=device_class)
     from_mapping(tomllib.loads(text), base_dir=d, env={})  # validates device_id before anything is written
     store = FileKeyStore.create(paths.key_dir, alg=alg, force=force)  # raises if keys exist
     paths.state_dir.mkdir(exist_ok=True, mode=0o700)
@@ -89,7 +90,7 @@ def init_agent(*, device_id: str, directory: Path | str, alg: str = "Ed25519", f
 def _cmd_init(args: argparse.Namespace) -> int:
     try:
         init_agent(device_id=args.device_id, directory=args.dir, alg=args.alg, force=args.force,
-                   enroll_out=args.enroll_out)
+                   enroll_out=args.enroll_out, device_class=args.device_class)
     except FileExistsError as exc:
         print(f"veritrail agent init: {exc.filename} exists; use --force to replace it", file=sys.stderr)
         return 1
@@ -164,6 +165,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device-id", required=True)
     p.add_argument("--dir", default=".", help="folder for agent.toml, keys/ and state/ (default: .)")
     p.add_argument("--alg", choices=("Ed25519", "ES256"), default="Ed25519")
+    p.add_argument("--device-class", choices=("charger", "tcu"), default="charger",
+                   help="which default rule packs judge its commands (default: charger)")
     p.add_argument("--force", action="store_true", help="replace existing keys (starts a new chain)")
     p.add_argument("--enroll-out", metavar="PATH", help="where to write the enrollment file (default DIR/enroll.json)")
     p = sub.add_parser("run", help="run the daemon (SIGTERM/SIGINT: clean stop)")

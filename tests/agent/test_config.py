@@ -50,3 +50,14 @@ def test_bad_env_value_and_bad_device_id(tmp_path):
 def test_missing_file_says_run_init(tmp_path):
     with pytest.raises(NotInitialised, match="agent init"):
         load(tmp_path / "nope.toml")
+
+
+def test_init_writes_the_device_class_the_daemon_loads(tmp_path):
+    from agent.daemon import make_engine
+    from agent.daemon_cli import init_agent
+    from agent.config import load
+    paths = init_agent(device_id="tcu-9", directory=tmp_path / "t", device_class="tcu", quiet=True)
+    cfg = load(paths.config)
+    assert cfg.rules["device_class"] == "tcu"
+    engine, _ = make_engine(cfg)
+    assert engine.watches("tcu.event.pin_failed")  # the TCU pack, not the charger pack
