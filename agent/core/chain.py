@@ -22,13 +22,14 @@ from .record import encode as _encode
 _pack = msgpack.Packer(use_bin_type=True).pack  # raw: ints never fail; fields are guarded below
 
 _K_SEQ, _K_BOOT, _K_MONO, _K_WALL = (_pack(k) for k in (SEQ, BOOT, MONO, WALL))
+_KV_KIND_API = _pack(KIND) + _pack("api")  # appended to raw fields without a kind (as ingest does)
 _FIXMAP = [bytes((0x80 | n,)) for n in range(16)]
 _HEADER_KEYS = frozenset((SEQ, BOOT, MONO, WALL))
 _sha256 = hashlib.sha256
 
 
-def _splice(body: bytes, header_kvs: bytes) -> bytes:
-    """Insert 4 packed key/value pairs at the front of a packed map (``body``)."""
+def _splice(body: bytes, header_kvs: bytes, n_kvs: int = 4) -> bytes:
+    """Insert ``n_kvs`` packed key/value pairs at the front of a packed map (``body``)."""
     b0 = body[0]
     if 0x80 <= b0 <= 0x8F:
         count, offset = b0 & 0x0F, 1
@@ -38,7 +39,7 @@ def _splice(body: bytes, header_kvs: bytes) -> bytes:
         count, offset = int.from_bytes(body[1:5], "big"), 5
     else:
         raise RecordInvalid("*", "fields must be a map")
-    total = count + 4
+    total = count + n_kvs
     if total < 16:
         head = _FIXMAP[total]
     elif total < 0x10000:
@@ -178,6 +179,55 @@ class Sealer:
         sha256 = _sha256
         op.leaves += [sha256(b"\x00" + d).digest() for d in datas]
         op.kinds += [fields.get(KIND, "api") for fields in batch]
+        self._seq = seq
+        return first
+
+    def append_raw_batch(self, bodies: list[bytes], kinds: list[str | None], mono: int, wall: int) -> int:
+        """Append records whose fields arrive already packed (a ``recb`` frame's items);
+        returns the first one's seq.
+
+        Each body is one packed map of record fields that the caller has decoded and
+        checked: no seq/boot/mono/wall key, no key twice. ``kinds[i]`` is the body's
+        ``kind`` value, or None when it has none: then ``kind: "api"`` is appended after
+        the body's entries. The body's bytes are kept as they are, after the spliced
+        header, so a body packed canonically (shortest forms, as ``msgpack.packb``) gives
+        exactly the bytes ``append_batch`` gives for its decoded fields with ``kind``
+        last; a body packed otherwise keeps its form (still hashed, sealed and verified
+        the same way; the wire codec sends such records raw). All-or-nothing: a body that
+        is not a map raises before anything is added.
+        """
+        if mono < 0 or wall < 0:
+            raise RecordInvalid(MONO if mono < 0 else WALL, "must be an unsigned integer")
+        if len(bodies) != len(kinds):
+            raise ValueError("bodies and kinds differ in length")
+        if mono != self._mw_mono or wall != self._mw_wall:
+            self._mw_mono, self._mw_wall = mono, wall
+            self._mw = b"".join((_K_MONO, _pack(mono), _K_WALL, _pack(wall)))
+        tail = self._boot_kv + self._mw
+        first = seq = self._seq
+        pack, join, fixmap, kseq, kind_api = _pack, b"".join, _FIXMAP, _K_SEQ, _KV_KIND_API
+        datas: list[bytes] = []
+        add = datas.append
+        try:
+            for body, kind in zip(bodies, kinds):
+                b0 = body[0]
+                if kind is None:
+                    if 0x80 <= b0 <= 0x8A:  # fixmap with room for 4 header keys and kind
+                        add(join((fixmap[b0 - 0x7B], kseq, pack(seq), tail, body[1:], kind_api)))
+                    else:
+                        add(_splice(body, kseq + pack(seq) + tail, 5) + kind_api)
+                elif 0x80 <= b0 <= 0x8B:
+                    add(join((fixmap[b0 - 0x7C], kseq, pack(seq), tail, body[1:])))
+                else:
+                    add(_splice(body, kseq + pack(seq) + tail))
+                seq += 1
+        except (IndexError, TypeError):
+            raise RecordInvalid("*", "fields must be a packed map") from None
+        op = self._open
+        op.records += datas
+        sha256 = _sha256
+        op.leaves += [sha256(b"\x00" + d).digest() for d in datas]
+        op.kinds += [k or "api" for k in kinds]
         self._seq = seq
         return first
 
