@@ -176,6 +176,13 @@ class LoopLink:
 
     ``record``/``update`` send frames and return at once; ``check`` returns an awaitable
     verdict that resolves when the agent's reply arrives (after the cmd record is durable).
+
+    Frames reach the ingest in chunks, as back-to-back writes on the shim's socket arrive in
+    one read: ``record``/``update`` frames wait for the end of the loop step, a ``check``
+    goes at once together with them. So a twin update sent right before a command is judged
+    at the same agent clock reading, and the command without delay. (Sent one by one, time
+    compression would turn the microseconds between them into simulated seconds, and a
+    measured value with a 2 s staleness limit would read as stale.)
     """
 
     def __init__(self, server: IngestServer) -> None:
@@ -185,9 +192,20 @@ class LoopLink:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
         self.errors: Counter[str] = Counter()
+        self._out: list[bytes] = []
 
     def _send(self, frame: dict[str, Any]) -> None:
-        self._conn.data_received(encode_frame(frame))
+        self._out.append(encode_frame(frame))
+        if len(self._out) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+            except RuntimeError:          # no loop running (a plain call): deliver now
+                self._flush()
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out:
+            self._conn.data_received(b"".join(out))
 
     def _on_reply(self, data: bytes) -> None:
         for msg in self._decoder.feed(data):
@@ -218,6 +236,7 @@ class LoopLink:
         if sub is not None:
             c["sub"] = sub
         self._send({"t": "chk", "id": cid, "c": c})
+        self._flush()                     # the command now, with the frames before it in one chunk
         msg = await fut
         if msg.get("t") != "verdict":
             return Verdict(v="allow", source=f"agent_error:{msg.get('code')}")

@@ -98,6 +98,7 @@ class Backend:
         lo, hi = self.latency_ms
         await self.clock.sleep(self.rng.uniform(lo, hi) / 1000)
         self.sent += 1
+        self.clock.hold_step()
         return await vehicle.execute(cmd, self.clock.now_ms())
 
     async def send(self, vehicle: VehicleModel, p: Principal, name: str, **args: Any) -> CommandResult:
@@ -109,6 +110,7 @@ class Backend:
         lo, hi = self.latency_ms
         await self.clock.sleep(self.rng.uniform(lo, hi) / 1000)
         self.sent += 1
+        self.clock.hold_step()     # stamping and handling at the car take no simulated time (clock.py)
         return await vehicle.execute(self.command(p, vehicle.vin, name, **args), self.clock.now_ms())
 
     async def replay(self, vehicle: VehicleModel, cmd: RemoteCommand) -> CommandResult:

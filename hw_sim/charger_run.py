@@ -142,8 +142,12 @@ class ChargerSession:
                 async with asyncio.TaskGroup() as tg:
                     recv = tg.create_task(self._receive())
                     tg.create_task(self._lifecycle(recv))
-            except* websockets.exceptions.ConnectionClosed:
-                log.info("charger %s: connection closed", self.model.id)
+            except* websockets.exceptions.ConnectionClosed as eg:
+                if self._stop.is_set():
+                    log.info("charger %s: connection closed", self.model.id)
+                else:
+                    self.connect_failures += 1
+                    log.warning("charger %s: connection lost: %s", self.model.id, eg.exceptions[0])
 
     async def _receive(self) -> None:
         await self.cp.start()

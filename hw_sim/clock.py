@@ -43,13 +43,34 @@ class SimClock:
         self.config = config
         self._real = real_monotonic
         self._t0 = real_monotonic()
+        self._held: int | None = None
+
+    def hold_step(self) -> None:
+        """Stand still until the event loop's current step ends.
+
+        A device handles a remote command (stamp, sign, verify, publish its readings, ask the
+        agent) in microseconds. Compressed ``factor`` times, the real microseconds of that
+        work, and a GIL switch or a busy loop step in the middle, would become simulated
+        seconds: a timestamp-skew rule would see a command "30 s old" that was never
+        delayed. Backends call this when a command reaches the car; the synchronous part of
+        its handling then takes no simulated time. Other tasks run in later steps as usual."""
+        if self._held is None:
+            self._held = self._mono_now()
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        self._held = None
+
+    def _mono_now(self) -> int:
+        return int((self._real() - self._t0) * self.config.factor * 1000)
 
     @property
     def factor(self) -> float:
         return self.config.factor
 
     def mono_ms(self) -> int:
-        return int((self._real() - self._t0) * self.config.factor * 1000)
+        held = self._held
+        return held if held is not None else self._mono_now()
 
     def now_ms(self) -> int:
         return self.config.start_wall_ms + self.mono_ms()
@@ -86,6 +107,9 @@ class ManualClock:
 
     def time(self) -> float:
         return self.now_ms() / 1000
+
+    def hold_step(self) -> None:
+        """Nothing to do: this clock only moves when told."""
 
     def advance(self, ms: int) -> None:
         if ms < 0:

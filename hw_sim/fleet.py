@@ -24,7 +24,7 @@ from typing import Any
 from .agent_host import AgentHost, HostConfig
 from .charger import ChargerConfig
 from .clock import ClockConfig, SimClock, DEFAULT_START_MS
-from .csms import Csms
+from .csms import Csms, CsmsError
 from .days import DAY_MS, Day, load_days, run_day
 from .devices import SimCharger, SimVehicle
 from .vehicle import VehicleConfig
@@ -104,11 +104,16 @@ def _uplink_table(cfg: FleetConfig) -> dict[str, Any] | None:
             "batch_linger_ms": 500, "reconnect_max_s": 5.0, "status_interval_s": 600.0}
 
 
-async def _device_life(dev: FleetDevice, clock: SimClock, rng: random.Random, end_ms: int, mixed: bool) -> None:
-    day_start = clock.now_ms() - clock.now_ms() % DAY_MS
+async def _device_life(dev: FleetDevice, clock: SimClock, rng: random.Random, end_ms: int, mixed: bool,
+                       errors: Counter[str]) -> None:
+    now = clock.now_ms()      # one reading: two would straddle midnight at high compression (a Monday ran as Sunday)
+    day_start = now - now % DAY_MS
     i = 0
     while clock.now_ms() < end_ms:
-        await run_day(pick_day(dev.days, i, day_start, rng, mixed), dev.sim, rng, day_start)
+        try:
+            await run_day(pick_day(dev.days, i, day_start, rng, mixed), dev.sim, rng, day_start)
+        except CsmsError as exc:       # e.g. the charger's connection dropped: the rest of its day is lost, counted
+            errors[f"{dev.kind}:{'not_connected' if 'not connected' in str(exc) else 'csms_call_failed'}"] += 1
         day_start += DAY_MS
         i += 1
 
@@ -159,8 +164,9 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
         sims = [tg.create_task(d.sim.run()) for d in result.devices]
         if cfg.chargers:
             await asyncio.gather(*(d.sim.ready(60) for d in result.devices if d.kind == "charger"))
-        lives = [tg.create_task(_device_life(d, clock, random.Random(cfg.seed + k), end_ms, cfg.scenario == "mixed"))
-                 for k, d in enumerate(result.devices)]
+        day_errors: Counter[str] = Counter()
+        lives = [tg.create_task(_device_life(d, clock, random.Random(cfg.seed + k), end_ms, cfg.scenario == "mixed",
+                                             day_errors)) for k, d in enumerate(result.devices)]
         while clock.now_ms() < end_ms:
             await asyncio.sleep(min(5.0, max(0.05, (end_ms - clock.now_ms()) / 1000 / cfg.factor)))
             recs = sum(d.host.ledger.sealer.next_seq for d in result.devices)
@@ -184,6 +190,9 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
         await csms.close()
     result.summary = _summary(result.devices, cfg, sim_wall, drained)
     result.summary["models_cancelled_on_stop"] = stuck
+    result.summary["days_abandoned"] = dict(day_errors)      # counted, never silent
+    result.summary["charger_connection_losses"] = sum(
+        d.sim.session.connect_failures for d in result.devices if isinstance(d.sim, SimCharger))
     for d in result.devices:
         d.host.close()
     progress(f"fleet: done in {time.monotonic() - t0:.0f}s wall")
