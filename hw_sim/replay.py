@@ -5,6 +5,12 @@ Per step: twin updates go through ``Shim.update``, remote commands through ``Shi
 (the round trip is timed: ``latency_us``), local events (``event = true``) through
 ``Shim.record`` as the firmware would report them. What fired is read back from the
 agent's own records: the ``cmd`` records' rule ids and the ``alert`` records.
+
+The shim hands frames to its socket and returns; the agent reads them on its own thread.
+Before the manual clock moves to the next step, the replay waits (bounded) until the agent
+has applied the step's twin update / recorded its event, otherwise a reading taken at 0 s
+could be stamped at the 25 min the clock already shows (``barrier_timeouts`` counts waits
+that ran out).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class ScenarioRun:
     records: list[dict[str, Any]] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)     # what we sent: cmd, update, event
     fallbacks: int = 0
+    barrier_timeouts: int = 0
 
     @property
     def id(self) -> str:
@@ -53,7 +60,8 @@ class ScenarioRun:
                 "latency_us": round(statistics.median(lat), 1) if lat else None,
                 "latency_p99_us": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
                 "commands": self.sent.get("cmd", 0), "events": self.sent.get("event", 0),
-                "updates": self.sent.get("update", 0), "shim_fallbacks": self.fallbacks}
+                "updates": self.sent.get("update", 0), "shim_fallbacks": self.fallbacks,
+                "barrier_timeouts": self.barrier_timeouts}
 
 
 def scenario_paths(directory: Path = SCENARIO_DIR) -> list[Path]:
@@ -69,6 +77,34 @@ def fired_rules(records: list[dict[str, Any]]) -> list[str]:
             if rid not in out:
                 out.append(rid)
     return sorted(out)
+
+
+def _agent_until(agent: ThreadedAgent, predicate: Any, timeout_s: float = 5.0) -> bool:
+    """Poll ``predicate()`` on the agent's own loop until true or the deadline passes."""
+    async def probe() -> bool:
+        return bool(predicate())
+    deadline = time.monotonic() + timeout_s
+    while not agent.call(probe):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)
+    return True
+
+
+def _twin_has(agent: ThreadedAgent, keys: list[str], wall_ms: int) -> bool:
+    snap = agent.host.engine.twin.snapshot()
+    return all(k in snap and snap[k][1] >= wall_ms for k in keys)
+
+
+def _async_value(fn: Any, *args: Any) -> Any:
+    async def call() -> Any:
+        return fn(*args)
+    return call
+
+
+def _next_seq(agent: ThreadedAgent) -> int:
+    assert agent.host.ledger is not None
+    return agent.host.ledger.sealer.next_seq
 
 
 def run_scenario(path: Path | str, workdir: Path | str | None = None, *, mode: str = "monitor") -> ScenarioRun:
@@ -87,13 +123,19 @@ def run_scenario(path: Path | str, workdir: Path | str | None = None, *, mode: s
                     link.update(**step.update)
                     run.sent["update"] = run.sent.get("update", 0) + 1
                     link.flush()
+                    wall, keys = clock.now_ms(), list(step.update)
+                    if not _agent_until(agent, lambda: _twin_has(agent, keys, wall)):
+                        run.barrier_timeouts += 1
                 if step.cmd is None:
                     continue
                 c = step.cmd
                 if step.event:
+                    before = agent.call(_async_value(_next_seq, agent))
                     link.record(c["cmd"], src=c.get("src") or None, sub=c.get("sub"), args=c.get("args") or {})
                     run.sent["event"] = run.sent.get("event", 0) + 1
                     link.flush()
+                    if not _agent_until(agent, lambda: _next_seq(agent) > before):
+                        run.barrier_timeouts += 1
                     continue
                 t0 = time.perf_counter()
                 v = link.check(c["cmd"], c.get("args") or {}, c.get("src") or {}, c.get("sub"))

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from .fleet import FleetConfig, run_fleet
 from .replay import run_scenario, scenario_paths
 
-FULL_FLEET = {"vehicles": 60, "chargers": 40, "sim_hours": 72.0, "factor": 7200.0}
+FULL_FLEET = {"vehicles": 60, "chargers": 40, "sim_hours": 168.0, "factor": 7200.0}   # a week: weekend days too
 QUICK_FLEET = {"vehicles": 20, "chargers": 10, "sim_hours": 24.0, "factor": 7200.0}
 
 
