@@ -101,7 +101,8 @@ class Backend:
         self.clock.hold_step()
         return await vehicle.execute(cmd, self.clock.now_ms())
 
-    async def send(self, vehicle: VehicleModel, p: Principal, name: str, **args: Any) -> CommandResult:
+    async def send(self, vehicle: VehicleModel, p: Principal, name: str, *, fresh_token: bool = False,
+                   **args: Any) -> CommandResult:
         """Build, sign and send a fresh command; it reaches the car after the latency.
 
         The command is stamped when it leaves the backend, after the backend's own
@@ -111,6 +112,8 @@ class Backend:
         await self.clock.sleep(self.rng.uniform(lo, hi) / 1000)
         self.sent += 1
         self.clock.hold_step()     # stamping and handling at the car take no simulated time (clock.py)
+        if fresh_token:            # the app's token refreshed for this command: minted as it leaves, so event
+            self.refresh_token(p)  # loop lag during the latency (hours at 7200x) cannot age it past its TTL
         return await vehicle.execute(self.command(p, vehicle.vin, name, **args), self.clock.now_ms())
 
     async def replay(self, vehicle: VehicleModel, cmd: RemoteCommand) -> CommandResult:

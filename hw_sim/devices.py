@@ -52,8 +52,7 @@ class SimVehicle:
 
     async def command(self, backend: str, name: str, **args: Any) -> Any:
         b, p = self.backend(backend)
-        b.refresh_token(p)     # apps refresh their short-lived tokens before use
-        return await b.send(self.model, p, name, **args)
+        return await b.send(self.model, p, name, fresh_token=True, **args)   # apps refresh short-lived tokens
 
     async def drive_until_arrived(self, to: str, kmh: float) -> None:
         self.model.drive_to(to, kmh)

@@ -31,6 +31,7 @@ from .vehicle import VehicleConfig
 
 SERVICE_DAY_P = 1 / 180          # a dealer visit about twice a year
 HOME_CHARGER_SHARE = 2 / 3       # the rest are public sites
+STOP_TIMEOUT_S = 30.0            # real seconds for models, agents and the CSMS to wind down
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +105,18 @@ def _uplink_table(cfg: FleetConfig) -> dict[str, Any] | None:
             "batch_linger_ms": 500, "reconnect_max_s": 5.0, "status_interval_s": 600.0}
 
 
+async def _counted(coro: Any, errors: Counter[str], kind: str) -> None:
+    """Run one device model; if it fails (e.g. an OCPP call to the CSMS timed out), that device
+    is out of the simulation and the failure is counted by kind, the fleet goes on."""
+    try:
+        await coro
+    except Exception as exc:  # noqa: BLE001 - one device's failure must not end the fleet; counted
+        leaf = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        errors[f"{kind}:{type(leaf).__name__}"] += 1
+
+
 async def _device_life(dev: FleetDevice, clock: SimClock, rng: random.Random, end_ms: int, mixed: bool,
                        errors: Counter[str]) -> None:
     now = clock.now_ms()      # one reading: two would straddle midnight at high compression (a Monday ran as Sunday)
@@ -161,7 +174,8 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
             runners.append(tg.create_task(d.host.run()))
             if cfg.broker is not None and k % 20 == 19:
                 await asyncio.sleep(0.2)   # stagger MQTT connects: 20 per 0.2 s, no SYN storm at the broker
-        sims = [tg.create_task(d.sim.run()) for d in result.devices]
+        model_errors: Counter[str] = Counter()
+        sims = [tg.create_task(_counted(d.sim.run(), model_errors, d.kind)) for d in result.devices]
         if cfg.chargers:
             await asyncio.gather(*(d.sim.ready(60) for d in result.devices if d.kind == "charger"))
         day_errors: Counter[str] = Counter()
@@ -176,7 +190,7 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
             t.cancel()
         for d in result.devices:
             d.sim.stop()
-        _, pending = await asyncio.wait(sims, timeout=15)
+        _, pending = await asyncio.wait(sims, timeout=STOP_TIMEOUT_S / 2)
         for t in pending:       # a model that does not wind down in time is cut off, and counted
             t.cancel()
         stuck = len(pending)
@@ -184,13 +198,28 @@ async def run_fleet(cfg: FleetConfig, progress: Callable[[str], None] = lambda s
             progress(f"fleet: {stuck} device models did not stop within 15 s (cancelled)")
         sim_wall = time.monotonic() - t_sim
         drained = await _drain(result.devices, cfg, progress) if cfg.broker else None
-        await asyncio.gather(*(d.host.stop() for d in result.devices))   # concurrently: each waits for its fsync
-        await asyncio.gather(*runners, return_exceptions=True)
+        # agents stop concurrently (each waits for its fsync), bounded: one that hangs is cancelled and counted
+        stops = [asyncio.ensure_future(d.host.stop()) for d in result.devices]
+        _, late_stops = await asyncio.wait(stops, timeout=STOP_TIMEOUT_S)
+        _, late_runners = await asyncio.wait(runners, timeout=STOP_TIMEOUT_S)
+        for t in (*late_stops, *late_runners):
+            t.cancel()
+        agents_cancelled = len(late_stops) + len(late_runners)
+        stop_errors = Counter(type(t.exception()).__name__ for t in stops
+                              if t.done() and not t.cancelled() and t.exception() is not None)
+        if agents_cancelled:
+            progress(f"fleet: {agents_cancelled} agent stops/runners did not finish within {STOP_TIMEOUT_S:g} s (cancelled)")
     if cfg.chargers:
-        await csms.close()
+        try:
+            await asyncio.wait_for(csms.close(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            progress("fleet: the CSMS did not close in time (abandoned)")
     result.summary = _summary(result.devices, cfg, sim_wall, drained)
     result.summary["models_cancelled_on_stop"] = stuck
+    result.summary["agents_cancelled_on_stop"] = agents_cancelled
+    result.summary["agent_stop_errors"] = dict(stop_errors)
     result.summary["days_abandoned"] = dict(day_errors)      # counted, never silent
+    result.summary["models_failed"] = dict(model_errors)
     result.summary["charger_connection_losses"] = sum(
         d.sim.session.connect_failures for d in result.devices if isinstance(d.sim, SimCharger))
     for d in result.devices:

@@ -52,7 +52,9 @@ def build_report(*, quick: bool, progress: Callable[[str], None], workdir: Path 
         "benign_alerting": {r["id"]: r["fired_rules"] for r in benign if r["verdict"] != "clean"},
         "alerts_per_100_device_days": fleet["alerts_per_100_device_days"],
         "fleet": {k: fleet[k] for k in ("devices", "vehicles", "chargers", "sim_hours", "device_days", "records",
-                                        "alerts", "alert_rules", "kinds", "sim_wall_s")},
+                                        "alerts", "alert_rules", "kinds", "sim_wall_s", "models_cancelled_on_stop",
+                                        "agents_cancelled_on_stop", "models_failed", "days_abandoned",
+                                        "charger_connection_losses") if k in fleet},
         "quick": quick,
         "wall_s": round(time.monotonic() - t0, 1),
     }
