@@ -41,6 +41,7 @@ class IngestConfig:
     max_connections: int = 64             # more are refused (counted: conn_limit)
     max_pending_replies: int = 1024       # per connection: chk/sync rec awaiting durability; more get err/busy
     backlog_records: int = 4096           # sealed-not-yet-committed records before reading pauses
+    max_batch_records: int = 256          # records per recb frame; more: the frame is refused (counted)
 
     def __post_init__(self) -> None:
         _positive("ingest", "tcp_port", self.tcp_port, 0, 65535)
@@ -48,6 +49,7 @@ class IngestConfig:
         _positive("ingest", "max_connections", self.max_connections)
         _positive("ingest", "max_pending_replies", self.max_pending_replies)
         _positive("ingest", "backlog_records", self.backlog_records, 256)
+        _positive("ingest", "max_batch_records", self.max_batch_records, 1, 65536)
         if not self.socket_path:
             raise ConfigError("ingest.socket_path", self.socket_path, "must not be empty")
 
@@ -215,6 +217,7 @@ max_frame_bytes = {d.max_frame_bytes}         # larger frames get err/too_large
 max_connections = {d.max_connections}
 max_pending_replies = {d.max_pending_replies}       # per connection; beyond it: err/busy
 backlog_records = {d.backlog_records}         # records waiting for disk before reading pauses
+max_batch_records = {d.max_batch_records}       # records per recb frame; larger frames are refused
 
 [ledger]
 checkpoint_records = {lg.checkpoint_records}         # cut a checkpoint after this many records ...

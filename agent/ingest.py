@@ -26,10 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from .config import IngestConfig
 from .core.errors import RecordInvalid
+from .fields import AGENT_SET, check, clean, sanitize, split_recb
 from .frames import STREAM_LIMIT_BYTES, FrameError, FrameReader, encode_frame
 from .ledger import Ledger
 
@@ -37,53 +36,8 @@ log = logging.getLogger("veritrail.ingest")
 
 SHIM_DROP = "agent.shim_drop"
 TWIN_ALERT = "twin.update"
-# Fields the agent sets; a shim that sends them has them kept under x.shim_<key>.
-_AGENT_SET = frozenset({"seq", "boot", "mono", "wall", "kind", "v", "r", "rb"})
-_SHIM_KINDS = ("api", "state")
 _MAX_REASON = 32
 __all__ = ["Connection", "IngestServer", "FrameReader", "FrameError", "encode_frame", "STREAM_LIMIT_BYTES"]
-
-
-_FIELD_TYPES: dict[str, type] = {"lat": int, "rq": int, "rs": int, "api": str, "sub": str, "src": dict, "x": dict}
-
-
-def _check(r: dict[str, Any]) -> str | None:
-    """Field types of DESIGN §2 (as ``agent.core.record.validate``, for decoded msgpack, and
-    fast: this runs for every record). Returns a short problem text or None."""
-    types = _FIELD_TYPES
-    for name, value in r.items():
-        want = types.get(name)
-        if want is not None:
-            if type(value) is not want:
-                return f"field {name}: must be {_TYPE_TEXT[want]}"
-            if want is int and value < 0:
-                return f"field {name}: must be an unsigned integer"
-        elif name == "st" and type(value) is not int and type(value) is not str:
-            return "field st: must be an integer or a string"
-    return None
-
-
-_TYPE_TEXT = {int: "an unsigned integer", str: "a string", dict: "a map"}
-
-# The hot path's check of a decoded record, in C-level steps: no (field, type) pair of the
-# record may be in _REFUSED (a wrong type for a known field, or any agent-set field), and the
-# unsigned fields must not be negative. msgpack decoding (ext types refused) only yields the
-# types below, so _REFUSED lists every wrong one; a record that fails goes through
-# _fields()/_check(), which name the problem (test_frames pins that both agree).
-_DECODED_TYPES = (type(None), bool, int, float, str, bytes, list, dict, msgpack.Timestamp)
-_REFUSED = frozenset(
-    [(name, t) for name, want in _FIELD_TYPES.items() for t in _DECODED_TYPES if t is not want]
-    + [("st", t) for t in _DECODED_TYPES if t is not int and t is not str]
-    + [(name, t) for name in _AGENT_SET for t in _DECODED_TYPES])
-
-
-def _clean(r: dict[str, Any]) -> bool:
-    """True when ``r`` needs neither sanitising nor a refusal (same answer as _check for
-    decoded records without agent-set fields; False for any record with one)."""
-    if not _REFUSED.isdisjoint(zip(r, map(type, r.values()))):
-        return False
-    get = r.get
-    return get("lat", 0) >= 0 and get("rq", 0) >= 0 and get("rs", 0) >= 0
 
 
 def _err(id_: Any, code: str, msg: str) -> bytes:
@@ -92,23 +46,6 @@ def _err(id_: Any, code: str, msg: str) -> bytes:
 
 def _uint(value: Any) -> bool:
     return type(value) is int and value >= 0
-
-
-def _sanitize(r: dict[str, Any]) -> dict[str, Any]:
-    """Move agent-set fields the shim sent into x.shim_<key> (kind api/state is the shim's to set)."""
-    out: dict[str, Any] = {}
-    moved: dict[str, Any] = {}
-    for key, value in r.items():
-        if key in _AGENT_SET and not (key == "kind" and value in _SHIM_KINDS):
-            moved["shim_" + key] = value
-        else:
-            out[key] = value
-    x = out.get("x")
-    if x is None:
-        out["x"] = moved
-    elif isinstance(x, dict):
-        out["x"] = {**x, **moved}
-    return out  # a non-map x is refused by validate()
 
 
 _READ_BYTES = 64 * 1024  # per read: bounds the frames decoded at once (RSS) while batching well
@@ -170,13 +107,13 @@ class Connection(asyncio.BufferedProtocol):
         ledger = self.ledger
         ledger.tick()
         batch: list[dict[str, Any]] = []  # consecutive plain records: appended in one go
-        clean, add = _clean, batch.append
+        is_clean, add = clean, batch.append
         for obj in items:
             if type(obj) is dict:
                 t = obj.get("t")
                 if t == "rec" and not obj.get("sync"):
                     r = obj.get("r")
-                    if type(r) is dict and clean(r):  # hot path
+                    if type(r) is dict and is_clean(r):  # hot path
                         r["kind"] = "api"
                         add(r)
                         continue
@@ -187,7 +124,10 @@ class Connection(asyncio.BufferedProtocol):
                 if batch:
                     self._append_batch(batch)
                     batch = []
-                if t == "rec":
+                    add = batch.append  # (was missing: later records went to the old list, unsealed)
+                if t == "recb":
+                    self._recb(obj)
+                elif t == "rec":
                     self._rec_sync(obj)
                 elif t == "chk":
                     self._chk(obj)
@@ -208,6 +148,7 @@ class Connection(asyncio.BufferedProtocol):
                 if batch:
                     self._append_batch(batch)
                     batch = []
+                    add = batch.append
                 self._frame_error(obj)
         if batch:
             self._append_batch(batch)
@@ -217,6 +158,29 @@ class Connection(asyncio.BufferedProtocol):
 
     def _append_batch(self, batch: list[dict[str, Any]]) -> None:
         for exc in self.ledger.append_batch(batch):
+            self.counters["frames.invalid"] += 1
+            self._reply(_err(None, "invalid", f"record not encodable: {exc.reason}"[:80]))
+        watches = getattr(self.server.engine, "watches", None)
+        if watches is not None:
+            self._observe(batch, watches)
+
+    def _recb(self, obj: dict) -> None:
+        """A record batch: each item one record's fields, packed by the sender. Items are
+        checked one by one (as ``rec``); a bad one gets err/invalid naming its index and the
+        others are kept. Unchanged items are sealed with the sender's bytes (no re-packing)."""
+        bins, limit = obj.get("b"), self.server.config.max_batch_records
+        if type(bins) is not list or not bins:
+            return self._invalid(obj, "recb needs a non-empty list b")
+        if len(bins) > limit:
+            self.counters["frames.recb_over_limit"] += 1
+            self.counters["frames.recb_over_limit_records"] += len(bins)
+            return self._invalid(obj, f"recb carries {len(bins)} records, limit {limit}")
+        bodies, kinds, batch, problems = split_recb(bins)
+        for i, msg in problems:
+            self._invalid(obj, f"recb item {i}: {msg}"[:80])
+        if not bodies:
+            return
+        for exc in self.ledger.append_raw_batch(bodies, kinds):
             self.counters["frames.invalid"] += 1
             self._reply(_err(None, "invalid", f"record not encodable: {exc.reason}"[:80]))
         watches = getattr(self.server.engine, "watches", None)
@@ -233,7 +197,7 @@ class Connection(asyncio.BufferedProtocol):
         engine, wall = self.server.engine, self.ledger.wall
         for r in batch:
             api = r.get("api")
-            if type(api) is not str or r.get("kind") != "api" or not watches(api):
+            if type(api) is not str or r.get("kind", "api") != "api" or not watches(api):
                 continue
             x = r.get("x")
             if type(x) is dict:
@@ -278,11 +242,11 @@ class Connection(asyncio.BufferedProtocol):
         if type(r) is not dict:
             self._invalid(obj, "rec needs a map r")
             return None
-        if not _AGENT_SET.isdisjoint(r):
-            r = _sanitize(r)
+        if not AGENT_SET.isdisjoint(r):
+            r = sanitize(r)
         if "kind" not in r:
             r["kind"] = "api"
-        bad = _check(r)
+        bad = check(r)
         if bad is not None:
             self._invalid(obj, bad)
             return None

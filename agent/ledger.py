@@ -118,23 +118,39 @@ class Ledger:
     def append_batch(self, batch: list[dict[str, Any]]) -> list[RecordInvalid]:
         """Many api/state records read together; cuts checkpoints at exactly ``checkpoint_records``.
         Returns the errors of records that could not be encoded (the others are kept)."""
+        return self._append_many(batch, None)
+
+    def append_raw_batch(self, bodies: list[bytes], kinds: list[str | None]) -> list[RecordInvalid]:
+        """As ``append_batch`` for records whose fields arrive packed and already checked
+        (``recb`` frames: ``Sealer.append_raw_batch``)."""
+        return self._append_many(bodies, kinds)
+
+    def _append_many(self, batch: list[Any], kinds: list[str | None] | None) -> list[RecordInvalid]:
+        n = len(batch)
         if self.full:
-            self.counters["drop.spool_full"] += len(batch)
-            self._drops_since_summary["spool_full"] += len(batch)
+            self.counters["drop.spool_full"] += n
+            self._drops_since_summary["spool_full"] += n
             return []
         if self._open_sec:
             self._seal("security")
         sealer, max_records, problems = self.sealer, self._max_records, []
-        i, n = 0, len(batch)
+        i = 0
         while i < n:
             room = max_records - sealer.pending
-            chunk = batch if (i == 0 and n <= room) else batch[i:i + room]
+            whole = i == 0 and n <= room
+            chunk = batch if whole else batch[i:i + room]
             try:
-                sealer.append_batch(chunk, self.mono, self.wall)
+                if kinds is None:
+                    sealer.append_batch(chunk, self.mono, self.wall)
+                else:
+                    sealer.append_raw_batch(chunk, kinds if whole else kinds[i:i + room], self.mono, self.wall)
             except RecordInvalid:  # all-or-nothing: redo one by one to keep the good ones
-                for fields in chunk:
+                for j, item in enumerate(chunk, i):
                     try:
-                        sealer.append(fields, self.mono, self.wall)
+                        if kinds is None:
+                            sealer.append(item, self.mono, self.wall)
+                        else:
+                            sealer.append_raw_batch([item], [kinds[j]], self.mono, self.wall)
                     except RecordInvalid as exc:
                         problems.append(exc)
             i += len(chunk)
