@@ -30,6 +30,8 @@ class ShimConfig:
         ring_frames=256,
         ring_bytes=65536,
         max_frame_bytes=65536,
+        batch_records=64,
+        batch_bytes=16384,
         twin_keys=256,
         check_deadline_ms=500,
         record_budget_ms=2,
@@ -47,6 +49,10 @@ class ShimConfig:
         self.ring_frames = _positive_int("ring_frames", ring_frames)
         self.ring_bytes = _positive_int("ring_bytes", ring_bytes)
         self.max_frame_bytes = _positive_int("max_frame_bytes", max_frame_bytes)
+        # Records queued together go as one `recb` frame of up to batch_records records and
+        # about batch_bytes (1: always single `rec` frames, for agents older than `recb`).
+        self.batch_records = _positive_int("batch_records", batch_records)
+        self.batch_bytes = _positive_int("batch_bytes", batch_bytes)
         self.twin_keys = _positive_int("twin_keys", twin_keys)
         self.check_deadline_ms = _positive_int("check_deadline_ms", check_deadline_ms)
         self.record_budget_ms = _positive_int("record_budget_ms", record_budget_ms)

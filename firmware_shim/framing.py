@@ -28,6 +28,8 @@ from firmware_shim import umsgpack
 
 __all__ = [
     "encode_frame",
+    "encode_recb",
+    "rec_fields",
     "encode_body",
     "decode_body",
     "FrameDecoder",
@@ -119,6 +121,40 @@ def encode_frame(obj, max_frame_bytes=STREAM_LIMIT_BYTES):
     if len(body) > max_frame_bytes:
         raise FrameEncodeError("frame body of %d bytes exceeds %d" % (len(body), max_frame_bytes))
     return struct.pack(">I", len(body)) + body
+
+
+_REC_HEAD = b"\x82\xa1r"  # a rec frame's body: {"r": <fields>, "t": "rec"} (sorted keys)
+_REC_TAIL = b"\xa1t\xa3rec"
+
+
+def rec_fields(frame):
+    """The packed record fields inside a `rec` frame made by `encode_frame({"t": "rec", "r": r})`
+    (no other keys), or None for any other frame."""
+    if frame[4:7] != _REC_HEAD or frame[-6:] != _REC_TAIL or len(frame) < 14:
+        return None
+    return frame[7:-6]
+
+
+def _len_head(n, small, base):
+    # msgpack length header: fix form (small > 0: limit), then 16-bit and 32-bit forms
+    if n < small:
+        return bytes((base | n,))
+    if n < 0x10000:
+        return bytes((0xDC if base == 0x90 else 0xC5,)) + struct.pack(">H", n)
+    return bytes((0xDD if base == 0x90 else 0xC6,)) + struct.pack(">I", n)
+
+
+def encode_recb(bodies):
+    """A `recb` frame (record batch) from packed record fields, without packing them again:
+    the same bytes as `encode_frame({"t": "recb", "b": bodies})`."""
+    parts = [b"\x82\xa1b", _len_head(len(bodies), 16, 0x90)]
+    for body in bodies:
+        n = len(body)
+        parts.append(bytes((0xC4, n)) if n < 0x100 else _len_head(n, 0, 0))
+        parts.append(body)
+    parts.append(b"\xa1t\xa4recb")
+    payload = b"".join(parts)
+    return struct.pack(">I", len(payload)) + payload
 
 
 def _reject_ext(code, data):

@@ -102,6 +102,33 @@ class Ring:
         finally:
             self._lock.release()
 
+    def pop_records(self, max_records, max_bytes):
+        """Pop the head entry; when it is a record, also the records queued right after it
+        (up to `max_records` entries and `max_bytes` of frames): the caller sends them as one
+        batch. Stops at any other entry, so drop frames stay exactly where the gap is."""
+        compat.acquire(self._lock, 1000)
+        try:
+            items = self._items
+            if not items:
+                return []
+            k, size = 1, len(items[0].frame)
+            if items[0].kind == "rec":
+                while k < len(items) and k < max_records:
+                    entry = items[k]
+                    if entry.kind != "rec" or size + len(entry.frame) > max_bytes:
+                        break
+                    size += len(entry.frame)
+                    k += 1
+            run = items[:k]
+            self._items = items[k:]
+            self.bytes -= size
+            for entry in run:
+                if entry.kind == "rec":
+                    self.records -= 1
+            return run
+        finally:
+            self._lock.release()
+
     def remove(self, entry):
         """Take out an entry not sent yet (a check that already fell back)."""
         compat.acquire(self._lock, 1000)

@@ -19,7 +19,7 @@ Portable core: runs unchanged on CPython and MicroPython.
 
 from firmware_shim import compat
 from firmware_shim.config import SHIM_VERSION, ShimConfig
-from firmware_shim.framing import FrameDecoder, FrameEncodeError, FrameError, encode_frame
+from firmware_shim.framing import FrameDecoder, FrameEncodeError, FrameError, encode_frame, encode_recb, rec_fields
 from firmware_shim.ring import Entry, Ring
 from firmware_shim.transport import SocketTransport, TransportError
 from firmware_shim.verdict import Verdict
@@ -335,7 +335,7 @@ class Shim:
             self._materialize_twin(False)
             while True:
                 if self._out is None:
-                    self._out = self._ring.pop()
+                    self._out = self._next_out()
                     if self._out is None:
                         break
                     self._out_pos = 0
@@ -375,6 +375,23 @@ class Shim:
                         return
         except TransportError as exc:
             self._disconnect(exc.reason)
+
+    def _next_out(self):
+        """The next frame to send: records queued together go as one `recb` frame (each
+        record's packed fields as they were encoded by record(), not packed again)."""
+        cfg = self.config
+        run = self._ring.pop_records(cfg.batch_records, min(cfg.batch_bytes, cfg.max_frame_bytes))
+        if len(run) < 2:
+            return run[0] if run else None
+        bodies = []
+        for entry in run:
+            body = rec_fields(entry.frame)
+            if body is None:  # not a frame record() made: should not happen; send all singly
+                self._ring.push_front(run[1:])
+                return run[0]
+            bodies.append(body)
+        self._count("record_batches")
+        return Entry(encode_recb(bodies), "recb")
 
     def _on_bytes(self, data):
         for item in self._decoder.feed(data):  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from firmware_shim.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
+from firmware_shim.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, decode_body, encode_frame
 
 __all__ = ["FakeAgent", "allow_all"]
 
@@ -50,6 +50,7 @@ class FakeAgent:
         self.frames: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.connections = 0
+        self.batches = 0  # recb frames received (their records are in frames as rec frames)
         self._lock = threading.Lock()
         self._paused = threading.Event()
         self._thread: threading.Thread | None = None
@@ -184,13 +185,39 @@ class FakeAgent:
             self._log.write(encode_frame(frame))
             os.fsync(self._log.fileno())
 
+    def _recb(self, item: dict[str, Any]) -> bytes | None:
+        bins = item.get("b")
+        if not isinstance(bins, list):
+            return encode_frame({"t": "err", "id": None, "code": "invalid", "msg": "recb needs a list b"})
+        self.batches += 1
+        problems = []
+        for i, body in enumerate(bins):
+            try:
+                r = decode_body(body) if isinstance(body, bytes) else None
+            except ValueError:
+                r = None
+            if r is None:
+                problems.append(i)
+                continue
+            frame = {"t": "rec", "r": r}
+            with self._lock:
+                self.frames.append(frame)
+            self._seq += 1
+            if self._log is not None:
+                self._log.write(encode_frame(frame))
+        if problems:
+            return encode_frame({"t": "err", "id": None, "code": "invalid", "msg": f"recb items {problems}"})
+        return None
+
     def _handle(self, item: dict[str, Any] | FrameError) -> bytes | None:
         if isinstance(item, FrameError):
             self.errors.append(item.code)
             return encode_frame({"t": "err", "id": None, "code": item.code, "msg": item.detail})
+        t = item.get("t")
+        if t == "recb":  # a record batch: kept as the rec frames it stands for
+            return self._recb(item)
         with self._lock:
             self.frames.append(item)
-        t = item.get("t")
         if t == "rec":
             self._seq += 1
             if self._log is not None and not item.get("sync"):

@@ -132,7 +132,7 @@ def test_redaction_hashes_identical_on_micropython(micropython, cpython) -> None
 
 SESSION_SCRIPT = """
 import binascii
-from firmware_shim import Shim
+from firmware_shim import Shim, framing
 from firmware_shim.framing import FrameDecoder, FrameError, STREAM_LIMIT_BYTES
 from firmware_shim.transport import TransportError
 
@@ -175,6 +175,11 @@ for item in FrameDecoder(STREAM_LIMIT_BYTES).feed(bytes(t.out)):
         print('ERR', item.code)
     elif item['t'] == 'rec':
         print('rec', item['r']['api'], item['r'].get('sub'), sorted((item['r'].get('x') or {}).items()))
+    elif item['t'] == 'recb':
+        print('recb', len(item['b']))
+        for body in item['b']:
+            r = framing.decode_body(body)
+            print('recb-item', r['api'], r.get('sub'), sorted((r.get('x') or {}).items()))
     elif item['t'] == 'drop':
         print('drop', item['n'], item['reason'])
     else:
@@ -183,7 +188,7 @@ print(binascii.hexlify(bytes(t.out)).decode())
 """
 
 
-def test_whole_shim_session_identical_on_micropython(micropython, cpython) -> None:
+def test_whole_shim_session_identical_on_micropython(micropython, cpython, tmp_path) -> None:
     """record/update/check with the agent away, ring overflow, reconnect: MicroPython
     sends exactly the bytes CPython sends, in the same order."""
     mp = micropython(SESSION_SCRIPT).splitlines()
@@ -193,8 +198,32 @@ def test_whole_shim_session_identical_on_micropython(micropython, cpython) -> No
     assert mp[1] == "verdict allow fallback timeout True"  # horn: fail-open, agent silent
     assert mp[2] == "dropped [('ring_overflow', 3)]"
     kinds = [line.split()[0] for line in mp[3:-1]]
-    assert kinds == ["hello", "rec", "rec", "rec", "rec", "drop", "upd", "rec", "rec", "chk", "rec"]
-    assert [line.split()[2] for line in mp[4:8]] == ["0", "1", "2", "3"]  # oldest kept, in order
-    assert mp[8] == "drop 3 ring_overflow"  # the gap, reported where it is
-    assert mp[10].startswith("rec shim.check_fallback tcu.door_unlock")  # the fallback is recorded
+    # the four records queued while the agent was away go as one recb frame (a record batch)
+    assert kinds == ["hello", "recb", "recb-item", "recb-item", "recb-item", "recb-item", "drop", "upd",
+                     "rec", "rec", "chk", "rec"]
+    assert mp[4] == "recb 4"
+    assert [line.split()[2] for line in mp[5:9]] == ["0", "1", "2", "3"]  # oldest kept, in order
+    assert mp[9] == "drop 3 ring_overflow"  # the gap, reported where it is
+    assert mp[11].startswith("rec shim.check_fallback tcu.door_unlock")  # the fallback is recorded
     assert "04A1B2C3" not in "".join(mp[:-1])
+    # The real agent takes MicroPython's stream as it is: every record sealed, in order, the
+    # batch's records with MicroPython's own bytes.
+    from agent.core.record import decode, is_canonical
+    from agent.spool import Spool
+    from agent.testing import AgentHarness
+
+    stream = binascii.unhexlify(mp[-1])
+    with AgentHarness(tmp_path / "agent") as h:
+        c = h.client()
+        c.send_raw(stream)
+        assert c.call({"t": "rec", "id": 10**6, "sync": True, "r": {"api": "end"}})["t"] == "ok"
+        c.close()
+    spool = Spool(h.config.spool_path, readonly=True)
+    try:
+        recs = [d for b in spool.iter_blocks() for d in b.records]
+    finally:
+        spool.close()
+    apis = [(decode(d)["api"], decode(d).get("sub")) for d in recs]
+    assert apis[1:6] == [("ocpp.Authorize", str(i)) for i in range(4)] + [("agent.shim_drop", None)]
+    assert ("shim.check_fallback", "tcu.door_unlock") in apis and ("rest.GET /v1/status", None) in apis
+    assert all(is_canonical(d) for d in recs)  # MicroPython's msgpack is canonical
