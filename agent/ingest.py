@@ -28,8 +28,8 @@ from typing import Any
 
 from .config import IngestConfig
 from .core.errors import RecordInvalid
-from .fields import AGENT_SET, check, clean, sanitize, split_recb
-from .frames import STREAM_LIMIT_BYTES, FrameError, FrameReader, encode_frame
+from .frames import (AGENT_SET, STREAM_LIMIT_BYTES, FrameError, FrameReader, check, clean, encode_frame, sanitize,
+                     split_recb)
 from .ledger import Ledger
 
 log = logging.getLogger("veritrail.ingest")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from agent.core.export import Trust, verify_stream
 from agent.core.record import decode, is_canonical
-from agent.fields import AGENT_SET, check, clean, split_recb
+from agent.frames import AGENT_SET, check, clean, split_recb
 from agent.testing import AgentHarness, FrameClient, raw_frame
 from agent.frames import encode_frame
 
@@ -194,7 +194,7 @@ def test_clean_agrees_with_check_and_split_matches_the_rec_path(r):
     body = msgpack.packb(r)
     bodies, kinds, records, problems = split_recb([body])
     # The rec path's fields (ingest.Connection._fields) for the same r:
-    from agent.fields import sanitize
+    from agent.frames import sanitize
     fields = sanitize(dict(decoded)) if not AGENT_SET.isdisjoint(decoded) else dict(decoded)
     fields.setdefault("kind", "api")
     if check(fields) is not None:
