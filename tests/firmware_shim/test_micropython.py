@@ -215,9 +215,12 @@ def test_whole_shim_session_identical_on_micropython(micropython, cpython, tmp_p
     stream = binascii.unhexlify(mp[-1])
     with AgentHarness(tmp_path / "agent") as h:
         c = h.client()
-        c.send_raw(stream)
-        assert c.call({"t": "rec", "id": 10**6, "sync": True, "r": {"api": "end"}})["t"] == "ok"
+        c.send_raw(stream + framing.encode_frame({"t": "rec", "id": 10**6, "sync": True, "r": {"api": "end"}}))
+        replies = [c.recv()]
+        while replies[-1].get("id") != 10**6:  # the hello's ok and the chk's verdict come first
+            replies.append(c.recv())
         c.close()
+    assert [r["t"] for r in replies] == ["ok", "verdict", "ok"], replies
     spool = Spool(h.config.spool_path, readonly=True)
     try:
         recs = [d for b in spool.iter_blocks() for d in b.records]
