@@ -97,7 +97,9 @@ class FrameReader:
             if stop > end:
                 break
             try:
-                obj = unpackb(buf[pos + 4:stop], ext_hook=_reject_ext)
+                # max_ext_len=0: no ext type at all; msgpack decodes timestamps (ext -1) without
+                # calling ext_hook, and a record carrying one would be sealed but never verify
+                obj = unpackb(buf[pos + 4:stop], ext_hook=_reject_ext, max_ext_len=0)
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
                 obj = FrameError(FrameError.MALFORMED, length, "not msgpack: " + type(exc).__name__)
             else:

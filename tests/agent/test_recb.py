@@ -207,3 +207,30 @@ def test_clean_agrees_with_check_and_split_matches_the_rec_path(r):
         assert kinds[0] == decoded["kind"]
     else:
         assert bodies[0] == msgpack.packb(fields) and kinds[0] == fields["kind"]
+
+
+def test_rec_frame_with_a_msgpack_timestamp_is_refused_not_sealed_unverifiable(tmp_path):
+    """An ext type (a msgpack timestamp included) in a rec frame is refused as malformed:
+    sealed, it would never verify at the collector (its decoder refuses ext types)."""
+    import msgpack
+    from agent.core.export import Trust, verify_stream
+    from agent.spool import Spool
+    from agent.testing import AgentHarness, AllowAllJudge
+    h = AgentHarness(tmp_path / "ts", engine=AllowAllJudge()).start()
+    try:
+        c = h.client()
+        body = msgpack.packb({"t": "rec", "r": {"api": "x", "when": msgpack.Timestamp(1, 2)}})
+        c.sock.sendall(len(body).to_bytes(4, "big") + body)
+        err = c.recv()
+        assert err["t"] == "err" and err["code"] == "malformed"
+        assert c.call({"t": "rec", "id": 2, "sync": True, "r": {"api": "after"}})["t"] == "ok"
+    finally:
+        h.stop()
+    spool = Spool(h.config.spool_path, readonly=True)
+    try:
+        items = [(b.message, b.records) for b in spool.iter_blocks()]
+    finally:
+        spool.close()
+    import json
+    trust = Trust.from_enrollment(json.loads((h.dir / "enroll.json").read_text()))
+    assert verify_stream(trust, items).ok
