@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
+import subprocess
 import sys
 
 BENCHES: dict[str, str] = {
@@ -20,6 +22,16 @@ BENCHES: dict[str, str] = {
     "rules": "agent.rules.bench",
     "check": "agent.bench.check",
 }
+
+
+def stop_daemon(proc: "subprocess.Popen[bytes]", timeout_s: float = 60.0) -> None:
+    """SIGTERM a benchmark's daemon (its orderly stop seals a final checkpoint); kill it if it hangs."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def progress(message: str) -> None:

@@ -24,7 +24,6 @@ next to a bare Unix-socket echo of the same frame size measured in the same run.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,9 +36,11 @@ from typing import Any
 from firmware_shim import Shim
 from firmware_shim.framing import encode_frame
 
+from . import stop_daemon as _stop
+
 GOAL_RATIO = 10.0
 COMMAND = "ocpp.UnlockConnector"
-ARGS = {"connectorId": 1}
+ARGS = {"connector_id": 1}  # as the OCPP guard passes them (snake_case)
 SRC = {"id": "csms-bench", "net": "10.0.0.7"}
 
 ECHO_SERVER = """
@@ -151,15 +152,6 @@ def _start_daemon(directory: Path, synchronous: str) -> tuple[subprocess.Popen[b
             raise RuntimeError("daemon socket did not appear")
         time.sleep(0.05)
     return proc, f"unix:{sock_path}"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _checks(shim: Shim, n: int) -> tuple[float, float, dict[str, int]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -35,6 +34,7 @@ import msgpack
 from firmware_shim.framing import encode_recb
 
 from ..ingest import FrameReader as FrameDecoder, encode_frame
+from . import stop_daemon
 
 GOAL_RATIO = 0.25
 GOAL_RSS_MIB = 40.0
@@ -165,12 +165,7 @@ def run(quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
                      f"{in_spool} records, {status['spool']['bytes']:,} bytes")
             sock.close()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_daemon(proc)
     return {
         "records": n, "frame": "recb", "batch_records": BATCH_RECORDS,
         "records_per_s": round(rate), "floor_records_per_s": round(floor),
