@@ -98,18 +98,23 @@ class Agent:
 @pytest.fixture
 def world(tmp_path):
     broker = Broker(tmp_path / "broker").start()
-    cdir = tmp_path / "collector"
-    out = json.loads(vt("collector", "init", "--dir", str(cdir), "--mqtt-port", str(broker.port),
-                        "--api-port", "0").stdout)
-    collector = Proc(["collector", "run", "--config", str(cdir / "collector.toml")], tmp_path / "collector.log")
-    agents = [Agent(tmp_path, f"cp-{k:04d}", broker.port, out["public_key"]) for k in range(2)]
-    for a in agents:
-        vt("collector", "enroll", "--config", str(cdir / "collector.toml"), "--file", str(a.dir / "enroll.json"))
-    yield broker, collector, agents, cdir / "collector.db"
-    for a in agents:
-        a.proc.stop()
-    collector.stop(signal.SIGKILL)
-    broker.stop()
+    agents: list[Agent] = []
+    collector = None
+    try:  # a set-up that fails half way must not leave a broker or processes behind
+        cdir = tmp_path / "collector"
+        out = json.loads(vt("collector", "init", "--dir", str(cdir), "--mqtt-port", str(broker.port),
+                            "--api-port", "0").stdout)
+        collector = Proc(["collector", "run", "--config", str(cdir / "collector.toml")], tmp_path / "collector.log")
+        agents = [Agent(tmp_path, f"cp-{k:04d}", broker.port, out["public_key"]) for k in range(2)]
+        for a in agents:
+            vt("collector", "enroll", "--config", str(cdir / "collector.toml"), "--file", str(a.dir / "enroll.json"))
+        yield broker, collector, agents, cdir / "collector.db"
+    finally:
+        for a in agents:
+            a.proc.stop()
+        if collector is not None:
+            collector.stop(signal.SIGKILL)
+        broker.stop()
 
 
 def stored(db: Path, dev: str) -> list[dict]:
