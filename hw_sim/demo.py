@@ -215,13 +215,13 @@ def main() -> int:
     clock = SimClock(ClockConfig(start_wall_ms=DEFAULT_START_MS + 17 * 3_600_000, factor=120.0))
     agents = {}
     for dev, klass in (("cp-demo-1", "charger"), ("tcu-demo-42", "tcu")):
-        a = ThreadedAgent(root / dev, HostConfig(device_id=dev, device_class=klass, uplink=uplink), clock)
+        a = ThreadedAgent(root / dev, HostConfig(device_id=dev, device_class=klass, uplink=uplink, mode="enforce"), clock)
         if have_collector:
             from agent.core.export import Trust
             parts.store.enroll(Trust.from_enrollment(json.loads(a.host.enrollment.read_text())),
                                int(time.time() * 1000))
         agents[dev] = a.start()
-    say(f"  agents: {', '.join(agents)} (rules: {type(agents['cp-demo-1'].host.engine).__name__})")
+    say(f"  agents: {', '.join(agents)} (rules: {type(agents['cp-demo-1'].host.engine).__name__}, enforce mode: unsafe commands are refused)")
     try:
         results = asyncio.run(traffic(agents["cp-demo-1"].socket_path, agents["tcu-demo-42"].socket_path, clock))
         say("attacks, as the devices saw them:")
