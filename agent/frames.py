@@ -128,7 +128,7 @@ def check(r: dict[str, Any]) -> str | None:
         if want is not None:
             if type(value) is not want:
                 return f"field {name}: must be {_TYPE_TEXT[want]}"
-            if want is int and value < 0:
+            if want is int and value < 0:  # type: ignore[operator]  # type(value) is int, checked above
                 return f"field {name}: must be an unsigned integer"
         elif name == "st" and type(value) is not int and type(value) is not str:
             return "field st: must be an integer or a string"

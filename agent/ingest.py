@@ -24,7 +24,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .config import IngestConfig
 from .core.errors import RecordInvalid
@@ -44,7 +44,7 @@ def _err(id_: Any, code: str, msg: str) -> bytes:
     return encode_frame({"t": "err", "id": id_ if type(id_) is int else None, "code": code, "msg": msg})
 
 
-def _uint(value: Any) -> bool:
+def _uint(value: Any) -> TypeGuard[int]:
     return type(value) is int and value >= 0
 
 
