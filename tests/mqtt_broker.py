@@ -30,6 +30,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def until(cond, timeout_s: float = 15.0, what: str = "condition", interval_s: float = 0.02):
+    """Async ``wait_for``: poll ``cond()`` on the running loop until truthy; TimeoutError names ``what``."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
 def wait_for(condition, timeout_s: float = 10.0, what: str = "condition", interval_s: float = 0.02):
     """Poll ``condition()`` until truthy; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout_s

@@ -14,18 +14,9 @@ from agent.errors import ConfigError
 from agent.testing import FakeSpool
 from agent.uplink import Uplink, UplinkConfig
 from tests.cloud_collector.harness import CollectorThread, MqttProbe
-from tests.mqtt_broker import Broker
+from tests.mqtt_broker import Broker, until
 
 DEV = "tcu-0001"
-
-
-async def until(cond, timeout_s: float = 15.0, what: str = "condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -42,9 +33,7 @@ def spool():
 @pytest.fixture
 def collector(tmp_path, broker, spool):
     c = CollectorThread(tmp_path, broker.port)
-    from agent.core.export import Trust, enrollment_doc
-    s = spool.sealer.signer
-    c.store.enroll(Trust.from_enrollment(enrollment_doc(DEV, [(s.kid, s.alg, s.public_bytes())], spool.fs_k0)), 0)
+    c.enroll_spool(DEV, spool)
     c.start()
     yield c
     c.stop()

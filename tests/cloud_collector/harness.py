@@ -32,6 +32,12 @@ class CollectorThread:
     def public_hex(self) -> str:
         return self.signer.public_bytes().hex()
 
+    def enroll_spool(self, dev: str, spool) -> None:
+        """Enroll the device behind an ``agent.testing.FakeSpool`` (its key and K_0)."""
+        from agent.core.export import Trust, enrollment_doc
+        s = spool.sealer.signer
+        self.store.enroll(Trust.from_enrollment(enrollment_doc(dev, [(s.kid, s.alg, s.public_bytes())], spool.fs_k0)), 0)
+
     def start(self) -> "CollectorThread":
         self._stop.clear()
         store = SQLiteStore(self.config.store)

@@ -11,23 +11,17 @@ import threading
 
 import pytest
 
-from agent.core.export import Trust, enrollment_doc
 from agent.testing import FakeSpool
 from agent.uplink import Uplink, UplinkConfig
 from agent.uplink_loop import LoopNetwork
 from tests.cloud_collector.harness import CollectorThread, MqttProbe
-from tests.mqtt_broker import Broker
+from tests.mqtt_broker import Broker, until as _until
 
 DEV = "sim-loop-0001"
 
 
-async def until(cond, timeout_s: float = 20.0, what: str = "condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+def until(cond, timeout_s: float = 20.0, what: str = "condition"):
+    return _until(cond, timeout_s, what)
 
 
 @pytest.fixture
@@ -44,8 +38,7 @@ def spool():
 @pytest.fixture
 def collector(tmp_path, broker, spool):
     c = CollectorThread(tmp_path, broker.port)
-    s = spool.sealer.signer
-    c.store.enroll(Trust.from_enrollment(enrollment_doc(DEV, [(s.kid, s.alg, s.public_bytes())], spool.fs_k0)), 0)
+    c.enroll_spool(DEV, spool)
     c.start()          # before the descriptors below: the collector runs paho's own thread
     yield c
     c.stop()
