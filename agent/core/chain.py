@@ -122,26 +122,8 @@ class Sealer:
         pins this); they are spliced from the packed fields and a packed header instead of
         building a merged dict per record, which is the hot path's largest saving.
         """
-        if SEQ in fields or BOOT in fields or MONO in fields or WALL in fields:
-            raise RecordInvalid(next(k for k in (SEQ, BOOT, MONO, WALL) if k in fields),
-                                "set by the agent, not the caller")
-        if mono < 0 or wall < 0:
-            raise RecordInvalid(MONO if mono < 0 else WALL, "must be an unsigned integer")
-        seq = self._seq
-        try:
-            body = _pack(fields)
-        except (TypeError, ValueError, OverflowError):
-            body = _encode(fields)  # raises RecordInvalid with a clear message
-        if mono != self._mw_mono or wall != self._mw_wall:  # clocks tick per ms: reuse
-            self._mw_mono, self._mw_wall = mono, wall
-            self._mw = b"".join((_K_MONO, _pack(mono), _K_WALL, _pack(wall)))
-        data = _splice(body, b"".join((_K_SEQ, _pack(seq), self._boot_kv, self._mw)))
-        op = self._open
-        op.records.append(data)
-        op.leaves.append(_sha256(b"\x00" + data).digest())
-        op.kinds.append(fields.get(KIND, "api"))
-        self._seq = seq + 1
-        return seq, data
+        first = self.append_batch([fields], mono, wall)
+        return first, self._open.records[-1]
 
     def append_batch(self, batch: list[dict[str, Any]], mono: int, wall: int) -> int:
         """Append records read together (one clock reading); returns the first one's seq.
@@ -150,12 +132,7 @@ class Sealer:
         the encoding and the hash, not method calls. All-or-nothing: a bad record raises
         before anything is added.
         """
-        if mono < 0 or wall < 0:
-            raise RecordInvalid(MONO if mono < 0 else WALL, "must be an unsigned integer")
-        if mono != self._mw_mono or wall != self._mw_wall:
-            self._mw_mono, self._mw_wall = mono, wall
-            self._mw = b"".join((_K_MONO, _pack(mono), _K_WALL, _pack(wall)))
-        tail = self._boot_kv + self._mw
+        tail = self._header_tail(mono, wall)
         first = seq = self._seq
         pack, join, fixmap, kseq, header = _pack, b"".join, _FIXMAP, _K_SEQ, _HEADER_KEYS
         datas: list[bytes] = []
@@ -174,12 +151,7 @@ class Sealer:
             else:
                 add(_splice(body, kseq + pack(seq) + tail))
             seq += 1
-        op = self._open
-        op.records += datas
-        sha256 = _sha256
-        op.leaves += [sha256(b"\x00" + d).digest() for d in datas]
-        op.kinds += [fields.get(KIND, "api") for fields in batch]
-        self._seq = seq
+        self._add(datas, [fields.get(KIND, "api") for fields in batch], seq)
         return first
 
     def append_raw_batch(self, bodies: list[bytes], kinds: list[str | None], mono: int, wall: int) -> int:
@@ -196,14 +168,9 @@ class Sealer:
         the same way; the wire codec sends such records raw). All-or-nothing: a body that
         is not a map raises before anything is added.
         """
-        if mono < 0 or wall < 0:
-            raise RecordInvalid(MONO if mono < 0 else WALL, "must be an unsigned integer")
         if len(bodies) != len(kinds):
             raise ValueError("bodies and kinds differ in length")
-        if mono != self._mw_mono or wall != self._mw_wall:
-            self._mw_mono, self._mw_wall = mono, wall
-            self._mw = b"".join((_K_MONO, _pack(mono), _K_WALL, _pack(wall)))
-        tail = self._boot_kv + self._mw
+        tail = self._header_tail(mono, wall)
         first = seq = self._seq
         pack, join, fixmap, kseq, kind_api = _pack, b"".join, _FIXMAP, _K_SEQ, _KV_KIND_API
         datas: list[bytes] = []
@@ -223,13 +190,27 @@ class Sealer:
                 seq += 1
         except (IndexError, TypeError):
             raise RecordInvalid("*", "fields must be a packed map") from None
+        self._add(datas, [k or "api" for k in kinds], seq)
+        return first
+
+    def _header_tail(self, mono: int, wall: int) -> bytes:
+        """boot, mono and wall packed; the (mono, wall) pair is reused while the ms clock
+        does not tick."""
+        if mono < 0 or wall < 0:
+            raise RecordInvalid(MONO if mono < 0 else WALL, "must be an unsigned integer")
+        if mono != self._mw_mono or wall != self._mw_wall:
+            self._mw_mono, self._mw_wall = mono, wall
+            self._mw = b"".join((_K_MONO, _pack(mono), _K_WALL, _pack(wall)))
+        return self._boot_kv + self._mw
+
+    def _add(self, datas: list[bytes], kinds: list[str], next_seq: int) -> None:
+        """Put encoded records and their leaf hashes in the open range."""
         op = self._open
         op.records += datas
         sha256 = _sha256
         op.leaves += [sha256(b"\x00" + d).digest() for d in datas]
-        op.kinds += [k or "api" for k in kinds]
-        self._seq = seq
-        return first
+        op.kinds += kinds
+        self._seq = next_seq
 
     def rotate(self, new_signer: Signer) -> None:
         """The next checkpoint, signed by the current key, names ``new_signer``; later ones use it."""
