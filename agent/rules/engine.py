@@ -82,7 +82,7 @@ class RuleSet:
 class Engine:
     def __init__(self, ruleset: RuleSet, *, device_class: str, mode: str = "monitor",
                  state_path: Path | None = None, bundle_dir: Path | None = None,
-                 autosave_every: int = 256, autosave_ms: int = 10_000) -> None:
+                 autosave_every: int = 256, autosave_ms: int = 10_000, background_save: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.device_class = device_class
@@ -91,6 +91,8 @@ class Engine:
         self.bundle_dir = Path(bundle_dir) if bundle_dir else None
         self.autosave_every = autosave_every
         self.autosave_ms = autosave_ms
+        # background_save (the daemon): autosaves are packed here, written by a thread
+        self._writer = files.StateWriter(self.state_path) if background_save and self.state_path else None
         self.twin = Twin()
         self.memory = Memory()
         self.counters: Counter[str] = Counter()      # judged, fired, eval errors, drops... by reason
@@ -277,30 +279,47 @@ class Engine:
         self.twin.restore(twin_snap)
         self._version_high = max(self._version_high, high)
 
-    def save_state(self, now_ms: int | None = None) -> None:
-        if self.state_path is None:
-            return
-        files.save_state(self.state_path, {
+    def _state_bytes(self) -> bytes:
+        return files.pack_state({
             "format": STATE_FORMAT, "bundle_version_high": max(self._version_high, self._rs.version),
             "memory": self.memory.to_state(), "twin": self.twin.snapshot()})
+
+    def save_state(self, now_ms: int | None = None) -> None:
+        """Write the state now (after any background write still under way)."""
+        if self.state_path is None:
+            return
+        data = self._state_bytes()
+        if self._writer is not None:
+            self._writer.flush()
+        files.save_state(self.state_path, data)
         self._since_save = 0
         if now_ms is not None:
             self._last_save_ms = now_ms
 
     def _autosave(self, now_ms: int) -> None:
+        self._since_save = 0
+        self._last_save_ms = now_ms
+        if self._writer is not None:
+            self._writer.submit(self._state_bytes())  # a snapshot; the fsyncs happen off this thread
+            return
         try:
             self.save_state(now_ms)
         except StateError as exc:
             self.counters[f"state_save_failed:{exc.reason}"] += 1
-            self._since_save = 0
-            self._last_save_ms = now_ms
 
     def close(self) -> None:
         self.save_state()
 
+    def _counters(self) -> dict[str, int]:
+        out = dict(self.counters)
+        if self._writer is not None:
+            for reason, n in list(self._writer.failed.items()):
+                out[f"state_save_failed:{reason}"] = out.get(f"state_save_failed:{reason}", 0) + n
+        return out
+
     def status(self) -> dict[str, Any]:
         return {"bundle_version": self._rs.version, "rules": len(self._rs.rules), "mode": self.mode,
-                "counters": dict(self.counters), "twin_dropped": dict(self.twin.dropped),
+                "counters": self._counters(), "twin_dropped": dict(self.twin.dropped),
                 "memory_dropped": dict(self.memory.dropped), "last_bundle_rejection": self.last_bundle_rejection}
 
 

@@ -98,6 +98,37 @@ def test_autosave_without_explicit_save(tmp_path):
     assert any(restarted.memory.windows.values())
 
 
+def test_background_autosave_writes_off_the_judging_thread_and_counts_failures(tmp_path, monkeypatch):
+    import threading
+    from agent.rules import state as files
+    writers: list[str] = []
+    real = files.write_atomic
+
+    def spy(path, data, mode=0o600):
+        writers.append(threading.current_thread().name)
+        real(path, data, mode)
+
+    monkeypatch.setattr(files, "write_atomic", spy)
+    state = tmp_path / "rules.state"
+    engine = load_engine(device_class="charger", state_path=state, autosave_every=3, background_save=True)
+    for i in range(3):
+        engine.judge({"cmd": "ocpp.TriggerMessage", "args": {"requested_message": "MeterValues"}}, T0 + i)
+    assert engine._writer is not None and engine._writer.flush(10)
+    assert writers == ["vt-rules-state"] and state.exists()  # written by the writer thread, not by judge()
+    assert any(load_engine(device_class="charger", state_path=state).memory.windows.values())
+    engine.save_state()  # an explicit save (at stop) is synchronous, after the background one
+    assert writers[-1] == threading.current_thread().name
+
+    def broken(path, data, mode=0o600):
+        raise PermissionError("read-only flash")
+
+    monkeypatch.setattr(files, "write_atomic", broken)
+    for i in range(3):
+        engine.judge({"cmd": "ocpp.TriggerMessage", "args": {"requested_message": "MeterValues"}}, T0 + 10 + i)
+    assert engine._writer.flush(10)
+    assert engine.status()["counters"]["state_save_failed:cannot write state: PermissionError"] == 1
+
+
 def test_corrupt_state_is_counted_and_engine_starts_empty(tmp_path):
     state = tmp_path / "rules.state"
     state.write_bytes(b"\xc1 not msgpack")
