@@ -1,8 +1,14 @@
 """The ledger: drives the Sealer and hands sealed checkpoints to the spool (DESIGN §3, §4).
 
 A checkpoint is cut after ``checkpoint_records`` records or ``checkpoint_interval_ms``,
-at the end of the current loop iteration after a security-class record or a sync write,
-at start and at orderly stop, and as an empty heartbeat when idle. Sealing happens on the
+in the loop iteration after a security-class record or a sync write, at start and at
+orderly stop, and as an empty heartbeat when idle. A record someone waits for (a ``chk``
+verdict, a ``sync`` write) is made durable first by journaling its bytes (the spool's
+``journal`` table, committed like a checkpoint); the reply goes back on that commit and the
+range is sealed (signed) ``security_seal_ms`` later, so the signature is not on the reply's
+path and a burst of commands shares one checkpoint. The
+commit that stores the checkpoint deletes its journal rows; a crash in between leaves them
+for ``agent.daemon.recover_journal`` to seal at the next start. Sealing happens on the
 event loop (pure CPU); commits run on one writer thread, several queued checkpoints per
 fsynced transaction, so ingest keeps going while the disk works. Callers wait for
 durability with ``when_durable(seq, callback)``; callbacks run on the loop as soon as the
@@ -41,7 +47,8 @@ DROPPED = "agent.dropped"
 EVICTED = "agent.evicted"  # agent.core.verify.EVICTED (not imported: the daemon does not need verify)
 _TICK_S = 0.05
 _INLINE_MAX_RECORDS = 64   # synchronous="off": commits up to this size are done on the loop
-_Job = tuple[list[Sealed], "Eviction | None", dict[str, int]]
+_Row = tuple[int, str, bytes]
+_Job = tuple[list[Sealed], "Eviction | None", dict[str, int], list[_Row]]
 
 
 def _mono_ms() -> int:
@@ -66,6 +73,9 @@ class Ledger:
         self._max_records = config.checkpoint_records
         self._backlog_high = backlog_records
         self._queue: list[Sealed] = []
+        self._journal_rows: list[_Row] = []     # open records to journal with the next commit
+        self._journaled = sealer.next_seq - 1   # open records up to this seq are journaled
+        self._seal_scheduled = False            # the seal after a journal commit is queued
         self._queued_records = 0
         self._inflight_records = 0
         self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
@@ -188,9 +198,29 @@ class Ledger:
         if self._urgent_due:
             self._urgent_due = False
             if self.sealer.pending:
-                self._seal("security")
-        if self._queue:
+                self._journal_open()
+        if self._queue or self._journal_rows:
             self._kick()
+
+    def _journal_open(self) -> None:
+        """Journal the open range's new records (durable with the next commit) and seal the
+        range ``security_seal_ms`` later, after the replies that wait for them are written."""
+        rows = self.sealer.open_rows(self._journaled)
+        if rows:
+            self._journal_rows += rows
+            self._journaled = rows[-1][0]
+            self._idle.clear()
+        if not self._seal_scheduled:
+            self._seal_scheduled = True
+            asyncio.get_running_loop().call_later(self.config.security_seal_ms / 1000, self._seal_journaled)
+
+    def _seal_journaled(self) -> None:
+        self._seal_scheduled = False
+        if self.sealer.pending and self.sealer.state.next_seq <= self._journaled and not self._stopping:
+            self._seal("security")
+            self._kick()
+        elif not (self._queue or self._inflight or self._journal_rows):
+            self._idle.set()
 
     def when_durable(self, seq: int, callback: Callable[[], None]) -> None:
         if seq <= self.durable_seq:
@@ -302,40 +332,41 @@ class Ledger:
     def _kick(self) -> None:
         """Hand everything sealed to the writer unless a commit is under way (then it goes
         with the next one: several checkpoints per transaction)."""
-        if self._inflight or not self._queue:
+        if self._inflight or not (self._queue or self._journal_rows):
             return
         blocks, self._queue = self._queue, []
+        journal, self._journal_rows = self._journal_rows, []
         n = self._queued_records
         self._queued_records, self._inflight_records = 0, n
         evict, self._evict_plan = self._evict_plan, None
-        saved = self._counters_saved
-        counters = {k: v for k, v in self.counters.items() if saved.get(k) != v}
+        saved = self._counters_saved  # counters ride with checkpoints, not with journal-only commits
+        counters = {k: v for k, v in self.counters.items() if saved.get(k) != v} if blocks else {}
         self._inflight = True
         if self._inline and n <= _INLINE_MAX_RECORDS and evict is None:
             try:
-                done = self.spool.commit(blocks, counters=counters, wait=False)
+                done = self.spool.commit(blocks, counters=counters, wait=False, journal=journal)
             except SpoolError as exc:
                 self._commit_failed(exc.reason, len(blocks))
                 done = False  # the writer retries it
             if done:
-                self._committed(blocks, evict, counters)
+                self._committed(blocks, evict, counters, journal)
                 return
         if self._thread is None:
             self._loop = asyncio.get_running_loop()
             self._thread = threading.Thread(target=self._write_loop, name="vt-spool", daemon=True)
             self._thread.start()
-        self._jobs.put((blocks, evict, counters))
+        self._jobs.put((blocks, evict, counters, journal))
 
     def _write_loop(self) -> None:
         """The writer thread: commit each job (retrying while the spool refuses), report on the loop."""
         loop = self._loop
         assert loop is not None
         while (job := self._jobs.get()) is not None:
-            blocks, evict, counters = job
+            blocks, evict, counters, journal = job
             delay = 0.05
             while True:
                 try:
-                    self.spool.commit(blocks, evict=evict, counters=counters)
+                    self.spool.commit(blocks, evict=evict, counters=counters, journal=journal)
                     break
                 except SpoolError as exc:
                     self._report(loop, self._commit_failed, exc.reason, len(blocks))
@@ -344,7 +375,7 @@ class Ledger:
                 except BaseException as exc:  # a bug: the daemon must see it, not hang
                     self._report(loop, self._writer_died, exc)
                     return
-            self._report(loop, self._committed, blocks, evict, counters)
+            self._report(loop, self._committed, blocks, evict, counters, journal)
 
     @staticmethod
     def _report(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -363,11 +394,13 @@ class Ledger:
         if not self._finished().done():
             self._finished().set_exception(exc)
 
-    def _committed(self, blocks: list[Sealed], evict: Eviction | None, counters: dict[str, int]) -> None:
+    def _committed(self, blocks: list[Sealed], evict: Eviction | None, counters: dict[str, int],
+                   journal: list[_Row]) -> None:
         self._inflight = False
         self._inflight_records = 0
         self._counters_saved.update(counters)
-        self.durable_seq = blocks[-1].last  # an empty checkpoint has last = first - 1
+        # an empty checkpoint has last = first - 1; journal rows may run ahead of the blocks
+        self.durable_seq = max(self.durable_seq, blocks[-1].last if blocks else -1, journal[-1][0] if journal else -1)
         if evict is not None:
             self._evicting = False
         waiters = self._waiters
@@ -380,9 +413,9 @@ class Ledger:
             for cb in self.on_relief:
                 cb()
         self._after_commit()
-        if self._queue:
+        if self._queue or self._journal_rows:
             self._kick()
-        if not self._queue and not self._inflight:
+        if not self._queue and not self._inflight and not self._journal_rows and not self._seal_scheduled:
             self._idle.set()
 
     def _after_commit(self) -> None:

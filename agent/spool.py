@@ -9,7 +9,10 @@ Tables: ``blocks`` (one row per checkpoint: its COSE message and its records as 
 array of the record bytes, so a checkpoint is one row write, not 256),
 ``state_a``/``state_b`` (two checksummed copies of the chain state on separate pages),
 ``meta`` (where the spool starts after receipts, last receipt), ``counters`` (drops and
-damage by reason), ``evictions`` (ranges evicted for space, with their last checkpoint hash).
+damage by reason), ``evictions`` (ranges evicted for space, with their last checkpoint hash),
+``journal`` (records committed before their checkpoint is sealed, so a verdict can go back
+without waiting for a signature; the commit that stores their checkpoint deletes them, and a
+start after a crash seals what is left, see ``agent.daemon.recover_journal``).
 
 Thread use: one writer connection (commits, receipts) and one reader connection (uplink,
 export, status), each behind its own lock; WAL lets them run at once.
@@ -44,6 +47,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS evictions(first_cp INTEGER PRIMARY KEY, last_cp INTEGER NOT NULL,
     first INTEGER NOT NULL, last INTEGER NOT NULL, last_cp_hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS journal(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, data BLOB NOT NULL);
 """
 _STATE_VERSION = 1
 
@@ -156,6 +160,7 @@ class Spool:
             self._r = _connect(self.path, readonly=True, cache_kib=min(cache_kib, 128))
             self._r.execute("PRAGMA query_only=ON")
             self.bytes_used = int(self._r.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()[0])
+            self._journal_max = self._journal_high()
         except sqlite3.DatabaseError as exc:
             raise errors.SpoolCorrupt(f"cannot open {Path(self.path).name}: {exc}") from None
 
@@ -218,11 +223,14 @@ class Spool:
 
     # --- writing ---------------------------------------------------------------------
     def commit(self, blocks: Sequence[Sealed], *, evict: Eviction | None = None,
-               counters: Mapping[str, int] | None = None, wait: bool = True) -> bool:
-        """Store sealed checkpoints with their records and the state after the last one: one
-        transaction (fsynced with ``synchronous="full"``). With ``wait=False`` nothing is done
-        and False returned when another write (a receipt) holds the writer."""
-        if not blocks:
+               counters: Mapping[str, int] | None = None, wait: bool = True,
+               journal: Sequence[tuple[int, str, bytes]] = ()) -> bool:
+        """Store sealed checkpoints with their records and the state after the last one, and
+        ``journal`` rows (seq, kind, record bytes: records not sealed yet): one transaction
+        (fsynced with ``synchronous="full"``). Journal rows the stored checkpoints cover are
+        deleted in the same transaction. With ``wait=False`` nothing is done and False
+        returned when another write (a receipt) holds the writer."""
+        if not blocks and not journal:
             return True
         added = 0
         rows = []
@@ -232,9 +240,19 @@ class Spool:
             sec = 0 if SECURITY_KINDS.isdisjoint(b.kinds) else 1
             rows.append((b.cp, b.first, b.last, b.state.boot, sec, nbytes, b.hash, b.message, packed))
             added += nbytes
+        covered = blocks[-1].last if blocks else -1
+        journal = [row for row in journal if row[0] > covered]
+        journal_max = max(self._journal_max, journal[-1][0] if journal else -1)
+        if journal_max <= covered:
+            journal_max = -1  # every journal row is in a stored checkpoint now
 
         def work(c: sqlite3.Connection) -> int:
-            c.executemany("INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            if rows:
+                c.executemany("INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            if journal:
+                c.executemany("INSERT OR REPLACE INTO journal VALUES (?,?,?)", journal)
+            if blocks and self._journal_max >= blocks[0].first:
+                c.execute("DELETE FROM journal WHERE seq <= ?", (covered,))
             freed = 0
             if evict is not None:
                 freed = self._delete_blocks(c, "cp BETWEEN ? AND ?", (evict.first_cp, evict.last_cp))
@@ -243,7 +261,8 @@ class Spool:
             if counters:
                 c.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET n = excluded.n",
                               counters.items())
-            self._put_state(c, blocks[-1].state)
+            if blocks:
+                self._put_state(c, blocks[-1].state)
             return freed
 
         if not self._wlock.acquire(wait):
@@ -251,9 +270,29 @@ class Spool:
         try:
             freed = self._txn(work)
             self.bytes_used += added - freed
+            self._journal_max = journal_max
         finally:
             self._wlock.release()
         return True
+
+    def _journal_high(self) -> int:
+        try:
+            return int(self._r.execute("SELECT COALESCE(MAX(seq), -1) FROM journal").fetchone()[0])
+        except sqlite3.OperationalError:  # read-only open of a spool from before the journal
+            return -1
+
+    def journal(self) -> list[tuple[int, str, bytes]]:
+        """The journal's rows (records committed but not sealed), in seq order."""
+        with self._rlock:
+            return [(int(seq), str(kind), bytes(data)) for seq, kind, data in
+                    self._r.execute("SELECT seq, kind, data FROM journal ORDER BY seq")]
+
+    def clear_journal(self) -> int:
+        """Delete every journal row (after recovery sealed or gave up on them); returns how many."""
+        with self._wlock:
+            n = self._txn(lambda c: c.execute("DELETE FROM journal").rowcount)
+            self._journal_max = -1
+        return int(n)
 
     def _put_state(self, c: sqlite3.Connection, state: ChainState) -> None:
         body = encode_state(state)
@@ -374,10 +413,12 @@ class Spool:
         self._damaged.add(cp)
         return SpooledCheckpoint(cp, first, last, row[0] if row else b"", row[1] if row else b"", [], True)
 
-    def _headers(self, after_cp: int | None) -> Iterator[tuple[int, int, int, int]]:
+    def _headers(self, after_cp: int | None, limit: int = 512,
+                 below_cp: int | None = None) -> Iterator[tuple[int, int, int, int]]:
         with self._rlock:
-            rows = self._r.execute("SELECT cp, first, last, nbytes FROM blocks WHERE cp > ? ORDER BY cp LIMIT 512",
-                                   (-1 if after_cp is None else after_cp,)).fetchall()
+            rows = self._r.execute(
+                "SELECT cp, first, last, nbytes FROM blocks WHERE cp > ? AND cp < ? ORDER BY cp LIMIT ?",
+                (-1 if after_cp is None else after_cp, (1 << 62) if below_cp is None else below_cp, limit)).fetchall()
         return iter(rows)
 
     def unacked(self, after_cp: int | None, max_bytes: int) -> list[SpooledCheckpoint]:
@@ -405,11 +446,12 @@ class Spool:
                 yield self.read_block(cp, first, last)
             after = batch[-1][0]
 
-    def scrub(self, after_cp: int | None, limit: int) -> int | None:
-        """Check up to ``limit`` blocks after ``after_cp`` (damaged ones are noted); returns the
-        last cp checked, or None at the end. Lets the daemon find damage before anyone reads it."""
+    def scrub(self, after_cp: int | None, limit: int, below_cp: int | None = None) -> int | None:
+        """Check up to ``limit`` blocks after ``after_cp`` and below ``below_cp`` (damaged ones
+        are noted); returns the last cp checked, or None at the end. Lets the daemon find damage
+        before anyone reads it."""
         try:
-            headers = list(self._headers(after_cp))[:limit]
+            headers = list(self._headers(after_cp, limit, below_cp))
         except sqlite3.DatabaseError:
             return None
         for cp, first, last, _ in headers:

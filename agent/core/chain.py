@@ -14,9 +14,10 @@ from typing import Any
 
 from . import merkle
 from .checkpoint import NextKey, genesis_hash, message_hash, seal
-from .errors import RecordInvalid
+from .errors import RecordInvalid, RecordMalformed
 from .keys import Signer, fs_evolve
 from .record import BOOT, KIND, MONO, SEQ, WALL
+from .record import decode as _decode
 from .record import encode as _encode
 
 _pack = msgpack.Packer(use_bin_type=True).pack  # raw: ints never fail; fields are guarded below
@@ -192,6 +193,32 @@ class Sealer:
             raise RecordInvalid("*", "fields must be a packed map") from None
         self._add(datas, [k or "api" for k in kinds], seq)
         return first
+
+    def open_rows(self, after_seq: int) -> list[tuple[int, str, bytes]]:
+        """(seq, kind, record bytes) of the open range's records with seq > ``after_seq``:
+        what the ledger journals so a verdict can be answered before the range is sealed."""
+        first = self._state.next_seq
+        op = self._open
+        start = max(0, after_seq + 1 - first)
+        return [(first + i, op.kinds[i], op.records[i]) for i in range(start, len(op.records))]
+
+    def restore(self, rows: list[tuple[int, str, bytes]]) -> None:
+        """Put journaled records (complete, as ``open_rows`` gave them) back in the open range
+        after a crash, so they can be sealed under the boot that wrote them. Their seq must
+        continue the chain and their boot must be this state's: otherwise RecordInvalid and
+        nothing is added."""
+        expected, datas, kinds = self._seq, [], []
+        for seq, kind, data in rows:
+            try:
+                rec = _decode(data)
+            except RecordMalformed as exc:
+                raise RecordInvalid(SEQ, f"journaled record {seq} undecodable: {exc.reason}") from None
+            if seq != expected or rec.get(SEQ) != seq or rec.get(BOOT) != self._state.boot or rec.get(KIND) != kind:
+                raise RecordInvalid(SEQ, f"journaled record {seq} does not continue the chain at {expected}")
+            datas.append(data)
+            kinds.append(kind)
+            expected += 1
+        self._add(datas, kinds, expected)
 
     def _header_tail(self, mono: int, wall: int) -> bytes:
         """boot, mono and wall packed; the (mono, wall) pair is reused while the ms clock

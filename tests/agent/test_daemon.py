@@ -19,10 +19,13 @@ from .conftest import run_cli
 
 
 def _records(h: AgentHarness) -> dict[int, dict]:
+    """Every durable record: in sealed blocks, or journaled (answered, sealed a moment later)."""
     from agent.spool import Spool
     spool = Spool(h.config.spool_path, readonly=True)
     try:
-        return {decode(d)["seq"]: decode(d) for b in spool.iter_blocks() for d in b.records}
+        out = {decode(d)["seq"]: decode(d) for _seq, _kind, d in spool.journal()}
+        out.update({decode(d)["seq"]: decode(d) for b in spool.iter_blocks() for d in b.records})
+        return out
     finally:
         spool.close()
 
