@@ -73,13 +73,27 @@ class FrameError:
 def _sorted_copy(obj):
     """Rebuild maps with sorted str keys (CPython path: msgpack keeps dict order)."""
     if isinstance(obj, dict):
-        out = {}
-        for key in sorted(obj, key=_str_key):
-            out[key] = _sorted_copy(obj[key])
-        return out
+        return _sorted_map(obj)
     if isinstance(obj, (list, tuple)):
-        return [_sorted_copy(item) for item in obj]
+        return [_sorted_copy(item) if isinstance(item, _CONTAINERS) else item for item in obj]
     return obj
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _sorted_map(obj):
+    # Once per map of every frame sent, so kept lean: keys checked before they are compared
+    # (a key of another type never meets its own __lt__), one C sort, and no call for a
+    # value that is not itself a container.
+    for key in obj:
+        if not isinstance(key, str):
+            _str_key(key)
+    out = {}
+    for key in sorted(obj):
+        value = obj[key]
+        out[key] = _sorted_copy(value) if isinstance(value, _CONTAINERS) else value
+    return out
 
 
 def _str_key(key):
@@ -198,9 +212,11 @@ class FrameDecoder:
             n = min(self._skip, len(data))
             self._skip -= n
             data = data[n:]
-        if data:
+        if self._buf:
             self._buf.extend(data)
-        buf = self._buf
+            buf = self._buf
+        else:  # nothing held back (the usual case): read `data` in place, keep only a tail
+            buf = data
         pos = 0
         end = len(buf)
         while end - pos >= HEADER_BYTES and not self._skip:
@@ -222,7 +238,7 @@ class FrameDecoder:
                 continue
             if end - pos - HEADER_BYTES < length:
                 break
-            body = bytes(buf[pos + HEADER_BYTES : pos + HEADER_BYTES + length])
+            body = buf[pos + HEADER_BYTES : pos + HEADER_BYTES + length]
             pos += HEADER_BYTES + length
             if length == 0:
                 items.append(FrameError(FrameError.MALFORMED, 0, "empty body"))
@@ -231,7 +247,10 @@ class FrameDecoder:
                 items.append(decode_body(body))
             except ValueError as exc:
                 items.append(FrameError(FrameError.MALFORMED, length, str(exc)))
-        if pos:
+        if buf is self._buf:
+            if pos:
+                self._buf = bytearray(buf[pos:])
+        elif pos < end:
             self._buf = bytearray(buf[pos:])
         self.buffered_bytes = len(self._buf)
         return items

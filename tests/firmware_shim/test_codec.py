@@ -18,6 +18,7 @@ from firmware_shim.framing import (
     FrameEncodeError,
     FrameError,
     decode_body,
+    encode_body,
     encode_frame,
 )
 
@@ -95,6 +96,15 @@ def test_frame_bytes_independent_of_key_order(obj) -> None:
     assert decode_body(encode_frame(obj)[4:]) == obj
 
 
+@given(maps)
+@settings(max_examples=150, deadline=None)
+def test_cpython_frame_body_equals_portable_sorted_encoding(obj) -> None:
+    """The CPython path (sorted copy, then the msgpack package) writes the bytes umsgpack
+    writes with sorted keys, which is what MicroPython sends."""
+    shuffled = dict(reversed(list(obj.items())))
+    assert encode_body(shuffled) == umsgpack.dumps(obj, True)
+
+
 @given(st.lists(maps, min_size=1, max_size=4), st.data())
 @settings(max_examples=100, deadline=None)
 def test_decoder_gives_same_frames_for_any_chunking(objs, data) -> None:
@@ -106,6 +116,22 @@ def test_decoder_gives_same_frames_for_any_chunking(objs, data) -> None:
     for cut in [*cuts, len(stream)]:
         out.extend(decoder.feed(stream[prev:cut]))
         prev = cut
+    assert out == objs
+    assert decoder.buffered_bytes == 0
+
+
+@given(st.lists(maps, min_size=1, max_size=4), st.data())
+@settings(max_examples=50, deadline=None)
+def test_decoder_keeps_no_reference_to_the_callers_buffer(objs, data) -> None:
+    """A caller may reuse its receive buffer (bytearray, memoryview) once feed() returns:
+    the decoder must have copied whatever part of a frame it holds back."""
+    stream = b"".join(encode_frame(o) for o in objs)
+    cut = data.draw(st.integers(0, len(stream)))
+    decoder = FrameDecoder(STREAM_LIMIT_BYTES)
+    buf = bytearray(stream[:cut])
+    out = decoder.feed(memoryview(buf) if cut % 2 else buf)
+    buf[:] = b"\xff" * len(buf)
+    out += decoder.feed(bytearray(stream[cut:]))
     assert out == objs
     assert decoder.buffered_bytes == 0
 
@@ -143,7 +169,7 @@ def test_length_over_16_mib_loses_the_stream() -> None:
 
 @pytest.mark.parametrize(
     "obj",
-    [[1, 2], {"a": {1: "int key"}}, {"a": object()}, {"a": 2**64}],
+    [[1, 2], {"a": {1: "int key"}}, {"a": object()}, {"a": 2**64}, {"a": 1, 2: "mixed keys"}, {1: 1, 2: 2}],
 )
 def test_encode_frame_refuses_bad_input_with_one_error(obj) -> None:
     with pytest.raises(FrameEncodeError):
