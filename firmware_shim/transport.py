@@ -154,17 +154,17 @@ class SocketTransport:
         sock = self._sock
         if sock is None:
             raise TransportError("not_connected")
-        for attempt in (0, 1):
-            try:
-                data = sock.recv(_RECV_CHUNK)
-            except OSError as exc:
-                if not _is_timeout(exc):
-                    raise self._fail(exc)
-                if attempt or timeout_ms <= 0 or not self._poll_in.poll(timeout_ms):  # type: ignore[union-attr]
-                    return b""
-                continue
-            if not data:
-                self.close()
-                raise TransportError("closed")
-            return data
-        return b""
+        # Waiting: poll first. A reply is rarely there yet, and a failed recv costs an
+        # exception (several times a poll's price) on every check() while the agent works.
+        if timeout_ms > 0 and not self._poll_in.poll(timeout_ms):  # type: ignore[union-attr]
+            return b""
+        try:
+            data = sock.recv(_RECV_CHUNK)
+        except OSError as exc:
+            if _is_timeout(exc):
+                return b""
+            raise self._fail(exc)
+        if not data:
+            self.close()
+            raise TransportError("closed")
+        return data
