@@ -28,7 +28,7 @@ from .config import AgentConfig
 from .core.chain import ChainState, Sealer
 from .core.checkpoint import genesis_hash
 from .core.errors import RecordInvalid
-from .core.keys import Signer
+from .core.keys import Signer, ed25519_backend
 from .core.record import MONO, WALL, decode as decode_record
 from .core.keys import fs_key_at
 from .errors import AgentError, ConfigError, StateLost
@@ -227,6 +227,10 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
             problems.append("rules_load_failed: " + engine.load_error)
             counters["rules.load_failed"] += 1
         uplink_box: list[Any] = []
+        backend, why_not = ed25519_backend()  # "libcrypto" (system OpenSSL) or the cryptography fallback
+        crypto = {"ed25519": backend, **({"fallback_reason": why_not} if why_not else {}), "alg": signer.alg}
+        if why_not and signer.alg == "Ed25519":
+            log.warning("signing through the cryptography package (%s): ~10 MiB more RSS", why_not)
 
         def status() -> dict[str, Any]:
             doc = {"device_id": config.device_id, "pid": os.getpid(), "version": VERSION,
@@ -234,7 +238,8 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
                    "spool": spool.stats(), "counters": dict(counters),
                    "connections": len(ingest.connections) if ingest else 0,
                    "rules": engine.status() if hasattr(engine, "status") else None,
-                   "uplink": uplink_box[0].state() if uplink_box else {"state": "disabled"}}
+                   "uplink": uplink_box[0].state() if uplink_box else {"state": "disabled"},
+                   "crypto": crypto}
             return doc
 
         def on_control(kind: str, payload: bytes) -> None:

@@ -90,6 +90,10 @@ def render(doc: dict[str, Any]) -> str:
         f"frames     {_by_prefix(c, 'frames.') or 'all fine'}",
         f"uplink     {doc.get('uplink')}",
     ]
+    if doc.get("crypto"):
+        cr = doc["crypto"]
+        lines.append(f"signing    {cr.get('alg')} via {cr.get('ed25519')}"
+                     + (f" (libcrypto unavailable: {cr['fallback_reason']})" if cr.get("fallback_reason") else ""))
     if doc.get("state_problems"):
         lines.append(f"state      {doc['state_problems']}")
     return "\n".join(lines)

@@ -264,6 +264,10 @@ def test_status_cli_works_with_and_without_the_daemon(tmp_path):
         doc = json.loads(res.stdout)
         assert doc["daemon"] == "running" and doc["boot"] == 1 and doc["spool"]["records"] >= 2
         assert "unacked" in doc["spool"] and doc["uplink"] == {"state": "disabled"}
+        from agent.core.keys import ed25519_backend
+        assert doc["crypto"]["ed25519"] == ed25519_backend()[0] and doc["crypto"]["alg"] == "Ed25519"
+        text = run_cli("agent", "status", "--config", str(h.dir / "agent.toml")).stdout
+        assert f"signing    Ed25519 via {ed25519_backend()[0]}" in text
     finally:
         h.stop()
     text = run_cli("agent", "status", "--config", str(h.dir / "agent.toml")).stdout
