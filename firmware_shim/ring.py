@@ -106,6 +106,8 @@ class Ring:
         """Pop the head entry; when it is a record, also the records queued right after it
         (up to `max_records` entries and `max_bytes` of frames): the caller sends them as one
         batch. Stops at any other entry, so drop frames stay exactly where the gap is."""
+        if not self._items:  # no lock needed to see an empty ring (a push racing this is next)
+            return []
         compat.acquire(self._lock, 1000)
         try:
             items = self._items

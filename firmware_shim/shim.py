@@ -140,8 +140,10 @@ class Shim:
             tried_connect = False
             while True:
                 reply = self._replies.pop(cid, None)
+                if reply is not None:
+                    break
                 remaining = deadline - compat.ticks_diff(compat.ticks_ms(), started)
-                if reply is not None or remaining <= 0:
+                if remaining <= 0:
                     break
                 if not compat.acquire(self._io_lock, remaining):
                     continue
@@ -340,12 +342,13 @@ class Shim:
                         break
                     self._out_pos = 0
                 entry = self._out
-                n = self._transport.send(memoryview(entry.frame)[self._out_pos :], 0)
+                data = entry.frame if not self._out_pos else memoryview(entry.frame)[self._out_pos :]
+                n = self._transport.send(data, 0)
                 if n == 0:
                     left = budget_ms - compat.ticks_diff(compat.ticks_ms(), started)
                     if left <= 0 or not wait_out:
                         break
-                    n = self._transport.send(memoryview(entry.frame)[self._out_pos :], left)
+                    n = self._transport.send(data, left)
                     if n == 0:
                         break
                 self._out_pos += n
@@ -353,7 +356,7 @@ class Shim:
                     self._out = None
                     entry.state = "sent"
                     self._count("frames_sent")
-                if compat.ticks_diff(compat.ticks_ms(), started) >= budget_ms and want_cid is None:
+                if want_cid is None and compat.ticks_diff(compat.ticks_ms(), started) >= budget_ms:
                     break
             if read_ms is None:
                 return
