@@ -281,6 +281,13 @@ class Spool:
         except sqlite3.OperationalError:  # read-only open of a spool from before the journal
             return -1
 
+    def _journal_count(self) -> int:
+        """Records committed and answered but not sealed yet (caller holds the read lock)."""
+        try:
+            return int(self._r.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
+        except sqlite3.OperationalError:  # a spool from before the journal, opened read-only
+            return 0
+
     def journal(self) -> list[tuple[int, str, bytes]]:
         """The journal's rows (records committed but not sealed), in seq order."""
         with self._rlock:
@@ -478,12 +485,13 @@ class Spool:
                     "FROM blocks").fetchone()
                 pages = r.execute("PRAGMA page_count").fetchone()[0] * r.execute("PRAGMA page_size").fetchone()[0]
                 evicted = r.execute("SELECT COUNT(*), COALESCE(SUM(last - first + 1), 0) FROM evictions").fetchone()
+            journal = self._journal_count()
         except sqlite3.DatabaseError as exc:
             return {"error": f"spool unreadable: {type(exc).__name__}", "bytes": self.bytes_used}
         receipt = self.last_receipt()
         return {
             "bytes": self.bytes_used, "max_bytes": self.max_bytes, "file_bytes": pages,
-            "blocks": blocks, "records": records,
+            "blocks": blocks, "records": records, "journal_records": journal,
             "unacked": None if not blocks else {"first_cp": first_cp, "last_cp": last_cp,
                                                 "first_seq": first_seq, "last_seq": last_seq},
             "start": self.start(), "damaged_blocks": sorted(self._damaged),

@@ -78,6 +78,7 @@ def render(doc: dict[str, Any]) -> str:
         f"seq        next {doc.get('seq')}   boot {doc.get('boot')}   next checkpoint {doc.get('next_cp')}",
         f"spool      {sp.get('bytes', 0):,} of {sp.get('max_bytes', 0):,} bytes (file {sp.get('file_bytes', 0):,}),"
         f" {sp.get('blocks', 0)} checkpoints, {sp.get('records', 0)} records"
+        + (f" (+{sp['journal_records']} answered, sealing)" if sp.get("journal_records") else "")
         + ("   FULL: api records dropped" if doc.get("spool_full") else ""),
         "unacked    " + (f"seq {un['first_seq']}..{un['last_seq']} (cp {un['first_cp']}..{un['last_cp']})"
                          if un else "nothing"),

@@ -50,6 +50,8 @@ def test_verdict_is_durable_in_the_journal_and_sealed_after_a_kill_9(tmp_path):
         assert v1["seq"] not in sealed and v2["seq"] not in sealed  # answered before sealing...
         assert [row[0] for row in journal] == [v1["seq"], v2["seq"]]  # ...because they are journaled
         assert decode(journal[0][2])["api"] == "ocpp.UnlockConnector" and journal[0][1] == "cmd"
+        status = client.call({"t": "status", "id": 3})["s"]["spool"]
+        assert status["journal_records"] == 2
         client.close()
     finally:
         proc.kill()
