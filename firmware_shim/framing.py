@@ -70,30 +70,27 @@ class FrameError:
         return "FrameError(%r, size=%d, detail=%r)" % (self.code, self.size, self.detail)
 
 
-def _sorted_copy(obj):
-    """Rebuild maps with sorted str keys (CPython path: msgpack keeps dict order)."""
-    if isinstance(obj, dict):
-        return _sorted_map(obj)
-    if isinstance(obj, (list, tuple)):
-        return [_sorted_copy(item) if isinstance(item, _CONTAINERS) else item for item in obj]
-    return obj
-
-
 _CONTAINERS = (dict, list, tuple)
 
 
-def _sorted_map(obj):
-    # Once per map of every frame sent, so kept lean: keys checked before they are compared
-    # (a key of another type never meets its own __lt__), one C sort, and no call for a
-    # value that is not itself a container.
-    for key in obj:
-        if not isinstance(key, str):
-            _str_key(key)
-    out = {}
-    for key in sorted(obj):
-        value = obj[key]
-        out[key] = _sorted_copy(value) if isinstance(value, _CONTAINERS) else value
-    return out
+def _sorted_copy(obj):
+    """Rebuild maps with sorted str keys (CPython path: msgpack keeps dict order).
+
+    Runs for every map of every frame sent, so kept lean: keys checked before they are
+    compared (a key of another type never meets its own __lt__), one C sort, no call for a
+    value that is not itself a container, and one Python frame per map level."""
+    if isinstance(obj, dict):
+        for key in obj:
+            if not isinstance(key, str):
+                _str_key(key)
+        out = {}
+        for key in sorted(obj):
+            value = obj[key]
+            out[key] = _sorted_copy(value) if isinstance(value, _CONTAINERS) else value
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_sorted_copy(item) if isinstance(item, _CONTAINERS) else item for item in obj]
+    return obj
 
 
 def _str_key(key):
