@@ -1,6 +1,7 @@
 """The ledger: drives the Sealer and hands sealed checkpoints to the spool (DESIGN §3, §4).
 
-A checkpoint is cut after ``checkpoint_records`` records or ``checkpoint_interval_ms``,
+A checkpoint is cut after ``checkpoint_records`` records, ``checkpoint_bytes`` record bytes
+or ``checkpoint_interval_ms``,
 in the loop iteration after a security-class record or a sync write, at start and at
 orderly stop, and as an empty heartbeat when idle. A record someone waits for (a ``chk``
 verdict, a ``sync`` write) is made durable first by journaling its bytes (the spool's
@@ -31,6 +32,8 @@ import logging
 import queue
 import threading
 import time
+from bisect import bisect_right
+from itertools import accumulate
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +50,7 @@ DROPPED = "agent.dropped"
 EVICTED = "agent.evicted"  # agent.core.verify.EVICTED (not imported: the daemon does not need verify)
 _TICK_S = 0.05
 _INLINE_MAX_RECORDS = 64   # synchronous="off": commits up to this size are done on the loop
+_HEADER_BYTES = 24         # what the Sealer adds to a raw body at most (seq, boot, mono, wall, kind)
 _Row = tuple[int, str, bytes]
 _Job = tuple[list[Sealed], "Eviction | None", dict[str, int], list[_Row]]
 
@@ -71,6 +75,7 @@ class Ledger:
         self.mono = mono_ms()
         self.wall = wall_ms()
         self._max_records = config.checkpoint_records
+        self._max_bytes = config.checkpoint_bytes
         self._backlog_high = backlog_records
         self._queue: list[Sealed] = []
         self._journal_rows: list[_Row] = []     # open records to journal with the next commit
@@ -121,7 +126,7 @@ class Ledger:
         if self._open_sec:
             self._seal("security")
         seq = self.sealer.append(fields, self.mono, self.wall)[0]
-        if self.sealer.pending >= self._max_records:
+        if self.sealer.pending >= self._max_records or self.sealer.pending_bytes >= self._max_bytes:
             self._seal("size")
         return seq
 
@@ -143,10 +148,18 @@ class Ledger:
             return []
         if self._open_sec:
             self._seal("security")
-        sealer, max_records, problems = self.sealer, self._max_records, []
+        sealer, max_records, max_bytes, problems = self.sealer, self._max_records, self._max_bytes, []
+        # raw bodies: their sizes are known, so a chunk never takes the open range past the byte cap
+        ends = None if kinds is None else list(accumulate(map(_HEADER_BYTES.__add__, map(len, batch))))
         i = 0
         while i < n:
             room = max_records - sealer.pending
+            if ends is not None:
+                fit = bisect_right(ends, (ends[i - 1] if i else 0) + max_bytes - sealer.pending_bytes, i) - i
+                if fit == 0 and sealer.pending:
+                    self._seal("size")
+                    continue
+                room = max(1, min(room, fit))  # a body over the cap alone still gets a checkpoint
             whole = i == 0 and n <= room
             chunk = batch if whole else batch[i:i + room]
             try:
@@ -164,7 +177,7 @@ class Ledger:
                     except RecordInvalid as exc:
                         problems.append(exc)
             i += len(chunk)
-            if sealer.pending >= max_records:
+            if sealer.pending >= max_records or sealer.pending_bytes >= max_bytes or (ends is not None and i < n):
                 self._seal("size")
         return problems
 
@@ -175,7 +188,7 @@ class Ledger:
             self._seal("flush")
         self._open_sec = True
         seq = self.sealer.append(fields, self.mono, self.wall)[0]
-        if self.sealer.pending >= self._max_records:
+        if self.sealer.pending >= self._max_records or self.sealer.pending_bytes >= self._max_bytes:
             self._seal("size")
         self.urgent()
         return seq

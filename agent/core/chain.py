@@ -85,6 +85,7 @@ class _Open:
     records: list[bytes] = field(default_factory=list)
     leaves: list[bytes] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    nbytes: int = 0
 
 
 class Sealer:
@@ -111,6 +112,11 @@ class Sealer:
     @property
     def pending(self) -> int:
         return len(self._open.records)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the open range's records."""
+        return self._open.nbytes
 
     @property
     def signer(self) -> Signer:
@@ -234,6 +240,7 @@ class Sealer:
         """Put encoded records and their leaf hashes in the open range."""
         op = self._open
         op.records += datas
+        op.nbytes += sum(map(len, datas))
         sha256 = _sha256
         op.leaves += [sha256(b"\x00" + d).digest() for d in datas]
         op.kinds += kinds

@@ -15,7 +15,8 @@ def test_rendered_config_loads_with_the_defaults(tmp_path):
     path.write_text(render(device_id="cp-1", state_dir="state", key_dir="keys"))
     cfg = load(path, env={})
     assert cfg.device_id == "cp-1" and cfg.state_dir == str(tmp_path / "state")
-    assert cfg.spool.max_bytes == 64 * 1024 * 1024 and cfg.ledger.checkpoint_records == 256
+    assert cfg.spool.max_bytes == 64 * 1024 * 1024 and cfg.ledger.checkpoint_records == 1024
+    assert cfg.ledger.checkpoint_bytes == 64 * 1024
     assert cfg.ledger.checkpoint_interval_ms == 10_000 and cfg.ledger.heartbeat_interval_ms == 60_000
     assert cfg.ingest.max_frame_bytes == MAX_FRAME_BYTES and not cfg.uplink_enabled
 

@@ -220,7 +220,7 @@ def _write_config(h: AgentHarness, tmp_path) -> str:
 def test_receipts_delete_only_matching_checkpoints_and_export_starts_after_them(tmp_path):
     from agent.errors import ReceiptMismatch
     from agent.spool import Spool
-    h = AgentHarness(tmp_path / "a").start()
+    h = AgentHarness(tmp_path / "a", ledger__checkpoint_records=256).start()
     c = h.client()
     for i in range(600):
         c.send({"t": "rec", "r": {"api": "x", "x": {"i": i}}})

@@ -54,6 +54,12 @@ def test_when_security_records_fill_the_spool_api_records_are_counted_and_summar
     c = h.client()
     for i in range(60):  # commands only: nothing can be evicted
         c.call({"t": "chk", "id": i, "c": {"cmd": "ocpp.ChangeConfiguration", "args": {"k": "x" * 100}}})
+    # the commands are answered once journaled and sealed security_seal_ms later: the spool
+    # is full once their checkpoints are stored
+    end = time.monotonic() + 10
+    while not c.call({"t": "status", "id": 999})["s"]["spool_full"]:
+        assert time.monotonic() < end, "the spool never reported full"
+        time.sleep(0.01)
     refused = c.call({"t": "rec", "r": {"api": "x"}, "sync": True, "id": 1000})
     assert refused["t"] == "err" and refused["code"] == "busy"
     for _ in range(25):
