@@ -73,9 +73,11 @@ class LedgerConfig:
     heartbeat_interval_ms: int = 60_000
     drop_summary_interval_ms: int = 60_000   # while api records are dropped (spool full)
     # A verdict or sync ack goes back once its record is journaled (committed, fsynced with
-    # synchronous="full"); the range is signed this long after, so a burst of commands
-    # shares one signature and the signature is never on a verdict's path.
-    security_seal_ms: int = 20
+    # synchronous="full"); the range is signed when input pauses for 2 ms, and at the latest
+    # this long after, so a burst of commands shares one signature and the signature is
+    # never on a verdict's path.
+    security_seal_ms: int = 200
+    security_seal_quiet_ms: int = 2
 
     def __post_init__(self) -> None:
         _positive("ledger", "checkpoint_records", self.checkpoint_records, 1, 65536)
@@ -84,6 +86,7 @@ class LedgerConfig:
         _positive("ledger", "heartbeat_interval_ms", self.heartbeat_interval_ms, 100)
         _positive("ledger", "drop_summary_interval_ms", self.drop_summary_interval_ms, 100)
         _positive("ledger", "security_seal_ms", self.security_seal_ms, 0, 60_000)
+        _positive("ledger", "security_seal_quiet_ms", self.security_seal_quiet_ms, 0, 60_000)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -238,8 +241,9 @@ checkpoint_interval_ms = {lg.checkpoint_interval_ms}   # ... or this long; secur
                                   # Plain api records are durable within this interval.
 heartbeat_interval_ms = {lg.heartbeat_interval_ms}    # empty checkpoint when idle
 drop_summary_interval_ms = {lg.drop_summary_interval_ms}
-security_seal_ms = {lg.security_seal_ms}           # commands/sync writes: answered once journaled,
-                                  # signed into a checkpoint this long after (a burst shares one)
+security_seal_ms = {lg.security_seal_ms}          # commands/sync writes: answered once journaled, signed
+                                  # when input pauses, at the latest this long after (a burst shares one)
+security_seal_quiet_ms = {lg.security_seal_quiet_ms}       # ... "input pauses": nothing read for this long
 
 [spool]
 path = "{sp.path}"                 # SQLite (WAL), relative to state_dir

@@ -6,8 +6,9 @@ in the loop iteration after a security-class record or a sync write, at start an
 orderly stop, and as an empty heartbeat when idle. A record someone waits for (a ``chk``
 verdict, a ``sync`` write) is made durable first by journaling its bytes (the spool's
 ``journal`` table, committed like a checkpoint); the reply goes back on that commit and the
-range is sealed (signed) ``security_seal_ms`` later, so the signature is not on the reply's
-path and a burst of commands shares one checkpoint. The
+range is sealed (signed) as soon as no input has come for ``security_seal_quiet_ms`` (at once,
+for the odd command), and at the latest ``security_seal_ms`` after it was journaled (a burst
+of commands shares one checkpoint). So the signature is never on a reply's path. The
 commit that stores the checkpoint deletes its journal rows; a crash in between leaves them
 for ``agent.daemon.recover_journal`` to seal at the next start. Sealing happens on the
 event loop (pure CPU); commits run on one writer thread, several queued checkpoints per
@@ -81,6 +82,8 @@ class Ledger:
         self._journal_rows: list[_Row] = []     # open records to journal with the next commit
         self._journaled = sealer.next_seq - 1   # open records up to this seq are journaled
         self._seal_scheduled = False            # the seal after a journal commit is queued
+        self._journal_since = 0                 # mono ms of the first journaled record not sealed
+        self._input_at = self.mono              # mono ms of the last burst of input (flush)
         self._queued_records = 0
         self._inflight_records = 0
         self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
@@ -208,6 +211,7 @@ class Ledger:
     def flush(self) -> None:
         """End of a burst of input (ingest calls it after each read): seal what ``urgent()``
         asked for and hand what is sealed to the writer now rather than a loop iteration later."""
+        self._input_at = self.mono
         if self._urgent_due:
             self._urgent_due = False
             if self.sealer.pending:
@@ -216,8 +220,8 @@ class Ledger:
             self._kick()
 
     def _journal_open(self) -> None:
-        """Journal the open range's new records (durable with the next commit) and seal the
-        range ``security_seal_ms`` later, after the replies that wait for them are written."""
+        """Journal the open range's new records (durable with the next commit); the range is
+        sealed once input pauses (or ``security_seal_ms`` later), after the replies are written."""
         rows = self.sealer.open_rows(self._journaled)
         if rows:
             self._journal_rows += rows
@@ -225,10 +229,19 @@ class Ledger:
             self._idle.clear()
         if not self._seal_scheduled:
             self._seal_scheduled = True
-            asyncio.get_running_loop().call_later(self.config.security_seal_ms / 1000, self._seal_journaled)
+            self._journal_since = self.mono
+            first = min(self.config.security_seal_quiet_ms, self.config.security_seal_ms)
+            asyncio.get_running_loop().call_later(first / 1000, self._seal_journaled)
 
     def _seal_journaled(self) -> None:
         self._seal_scheduled = False
+        now, quiet = self._mono_ms(), self.config.security_seal_quiet_ms
+        deadline = self._journal_since + self.config.security_seal_ms
+        if now - self._input_at < quiet and now < deadline and not self._stopping:
+            self._seal_scheduled = True  # input is still coming: not in its way, unless overdue
+            wait = min(quiet - (now - self._input_at), deadline - now)
+            asyncio.get_running_loop().call_later(max(wait, 1) / 1000, self._seal_journaled)
+            return
         if self.sealer.pending and self.sealer.state.next_seq <= self._journaled and not self._stopping:
             self._seal("security")
             self._kick()

@@ -1,11 +1,12 @@
 """The journal: a verdict goes back once its record is committed (journaled), the range is
-signed ``security_seal_ms`` later, and a crash in between is repaired at the next start by
+signed when input pauses (``security_seal_quiet_ms``, at the latest ``security_seal_ms``), and a crash in between is repaired at the next start by
 sealing the journaled records under the boot that wrote them."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -35,8 +36,8 @@ def _blocks(agent: AgentDir) -> tuple[list, dict[int, dict], list[tuple[int, str
 
 
 def test_verdict_is_durable_in_the_journal_and_sealed_after_a_kill_9(tmp_path):
-    # security_seal_ms = 60 s: the daemon never seals the command before it is killed
-    agent = AgentDir(tmp_path / "agent", ledger__security_seal_ms=60_000)
+    # 60 s: the daemon never seals the commands before it is killed
+    agent = AgentDir(tmp_path / "agent", ledger__security_seal_ms=60_000, ledger__security_seal_quiet_ms=60_000)
     trust = Trust.from_enrollment(json.loads(agent.paths.enrollment.read_text()))
     proc = agent.start()
     try:
@@ -88,7 +89,13 @@ def test_without_a_crash_the_range_is_sealed_and_its_journal_rows_deleted(tmp_pa
         ok = client.call({"t": "rec", "r": {"api": "rest.GET /"}, "sync": True, "id": 2})  # a later commit
         assert ok["t"] == "ok"
         _, records, journal = _blocks(agent)
-        assert v["seq"] in records and journal == []
+        assert v["seq"] in records  # the api record after it sealed the command's range at once
+        end = time.monotonic() + 5
+        while journal:  # the sync record: sealed when input pauses, its journal row deleted
+            assert time.monotonic() < end, journal
+            time.sleep(0.005)
+            _, records, journal = _blocks(agent)
+        assert ok["seq"] in records
         client.close()
     finally:
         agent.stop(proc)
@@ -155,3 +162,29 @@ def test_a_checkpoint_commit_deletes_the_journal_rows_it_covers(tmp_path):
         assert spool.journal() == []
     finally:
         spool.close()
+
+
+def test_journaled_records_are_sealed_when_input_pauses_and_at_the_latest_after_security_seal_ms(tmp_path):
+    agent = AgentDir(tmp_path / "agent", ledger__security_seal_ms=400, ledger__security_seal_quiet_ms=50)
+    proc = agent.start()
+    try:
+        client = agent.wait_ready(proc)
+        v = client.call({"t": "chk", "id": 1, "c": {"cmd": "ocpp.UnlockConnector", "args": {}, "src": {}}})
+        t0 = time.monotonic()
+        while v["seq"] not in _blocks(agent)[1]:  # nothing else comes: sealed ~50 ms later
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.005)
+        assert time.monotonic() - t0 < 0.35
+        # a steady stream of records (every 10 ms < the 50 ms pause) holds the seal off until 400 ms
+        v = client.call({"t": "chk", "id": 2, "c": {"cmd": "ocpp.UnlockConnector", "args": {}, "src": {}}})
+        t0, sealed_after = time.monotonic(), None
+        while time.monotonic() - t0 < 1.0:
+            client.send({"t": "ping", "id": 0})
+            assert client.recv()["t"] == "pong"
+            if sealed_after is None and v["seq"] in _blocks(agent)[1]:
+                sealed_after = time.monotonic() - t0
+            time.sleep(0.01)
+        assert sealed_after is not None and 0.3 < sealed_after < 0.9, sealed_after
+        client.close()
+    finally:
+        agent.stop(proc)
