@@ -126,15 +126,19 @@ def events(kind: str, seconds: int, seed: int = 1, speed: int = 1) -> list[tuple
 
 
 def seal(device_id: str, evs: list[tuple[int, dict[str, Any]]], *, wall0: int = 1_767_000_000_000,
-         interval_ms: int | None = None, max_records: int = 256,
+         interval_ms: int | None = None, max_records: int | None = None,
          heartbeat_ms: int = 60_000) -> tuple[list[tuple[int, Sealed]], Trust]:
     """Checkpoints as the agent cuts them, as (time sealed ms, Sealed), and the trust to verify them.
 
-    ``interval_ms`` defaults to the agent's own ``LedgerConfig.checkpoint_interval_ms``.
+    ``interval_ms`` and ``max_records`` default to the agent's own ``LedgerConfig``
+    (``checkpoint_interval_ms``, ``checkpoint_records``; its byte cap is not reached by
+    these small records).
     """
+    from agent.config import LedgerConfig
     if interval_ms is None:
-        from agent.config import LedgerConfig
         interval_ms = LedgerConfig().checkpoint_interval_ms
+    if max_records is None:
+        max_records = LedgerConfig().checkpoint_records
     k0, signer = os.urandom(32), generate_signer()
     trust = Trust.from_enrollment(enrollment_doc(device_id, [(signer.kid, signer.alg, signer.public_bytes())], k0))
     sealer = Sealer(ChainState.genesis(device_id, k0), signer)
