@@ -29,6 +29,20 @@ _HEADER_KEYS = frozenset((SEQ, BOOT, MONO, WALL))
 _sha256 = hashlib.sha256
 
 
+_PUSH_MAX = 4  # appends of up to this many records go into the open range's Frontier
+
+
+def _root(op: "_Open") -> bytes:
+    """The open range's tree hash: from its Frontier where that holds every leaf so far,
+    from the leaves at once where it holds none, else the Frontier finished leaf by leaf."""
+    frontier, leaves = op.frontier, op.leaves
+    if frontier.count == 0:
+        return merkle.root(leaves)
+    for leaf in leaves[frontier.count:]:
+        frontier.push(leaf)
+    return frontier.root()
+
+
 def _splice(body: bytes, header_kvs: bytes, n_kvs: int = 4) -> bytes:
     """Insert ``n_kvs`` packed key/value pairs at the front of a packed map (``body``)."""
     b0 = body[0]
@@ -86,6 +100,10 @@ class _Open:
     leaves: list[bytes] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     nbytes: int = 0
+    # Records appended a few at a time (commands, alerts, sync writes: the ranges a verdict
+    # waits on) are hashed into the tree as they come, so sealing them costs log2(n) hashes,
+    # not n; bulk batches leave it to the seal (one comprehension per level is faster).
+    frontier: merkle.Frontier = field(default_factory=merkle.Frontier)
 
 
 class Sealer:
@@ -242,7 +260,12 @@ class Sealer:
         op.records += datas
         op.nbytes += sum(map(len, datas))
         sha256 = _sha256
-        op.leaves += [sha256(b"\x00" + d).digest() for d in datas]
+        leaves = [sha256(b"\x00" + d).digest() for d in datas]
+        frontier = op.frontier
+        if len(leaves) <= _PUSH_MAX and frontier.count == len(op.leaves):
+            for leaf in leaves:
+                frontier.push(leaf)
+        op.leaves += leaves
         op.kinds += kinds
         self._seq = next_seq
 
@@ -258,7 +281,7 @@ class Sealer:
         fields: dict[str, Any] = {
             "dev": st.device_id, "boot": st.boot, "cp": st.next_cp,
             "first": st.next_seq, "last": st.next_seq + n - 1, "n": n,
-            "root": merkle.root(op.leaves), "prev_cp": st.prev_cp_hash,
+            "root": _root(op), "prev_cp": st.prev_cp_hash,
             "mono": mono, "wall": wall, "why": reason,
         }
         nxt = self._next_signer

@@ -18,6 +18,38 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return _sha256(b"\x01" + left + right).digest()
 
 
+class Frontier:
+    """The tree hash kept up to date leaf by leaf: the roots of the perfect subtrees the
+    leaves so far make up (RFC 6962's tree is left-balanced: sizes are the binary digits of
+    n, largest first). A push costs one hash amortised, ``root()`` at most log2(n) hashes,
+    so a seal after leaves pushed one at a time does not hash the whole range at once."""
+
+    __slots__ = ("_nodes", "count")
+
+    def __init__(self) -> None:
+        self._nodes: list[tuple[int, bytes]] = []  # (subtree size, root), sizes decreasing
+        self.count = 0
+
+    def push(self, leaf: bytes) -> None:
+        nodes = self._nodes
+        size, h = 1, leaf
+        while nodes and nodes[-1][0] == size:
+            left = nodes.pop()[1]
+            h = _sha256(b"\x01" + left + h).digest()
+            size *= 2
+        nodes.append((size, h))
+        self.count += 1
+
+    def root(self) -> bytes:
+        nodes = self._nodes
+        if not nodes:
+            return EMPTY_ROOT
+        h = nodes[-1][1]
+        for _, left in reversed(nodes[:-1]):
+            h = _sha256(b"\x01" + left + h).digest()
+        return h
+
+
 def root(leaves: Sequence[bytes]) -> bytes:
     """Merkle tree hash of leaf hashes; SHA-256("") for none."""
     level = list(leaves)
