@@ -44,7 +44,9 @@ def test_bench_ingest_reports_rate_floor_ratio_and_peak_rss_with_the_records_in_
     segs = sorted(d["ratio_to_floor_segments"])
     assert len(segs) == d["segments"] and segs[0] <= d["ratio_to_floor"] <= segs[-1]
     assert _close(d["ratio_to_floor_aggregate"], d["records_per_s"] / d["floor_records_per_s"], 0.01)
-    assert d["idle_rss_mib"] <= d["peak_rss_mib"] <= d["peak_rss_mib_end"] + 0.05
+    # VmHWM never falls, but the kernel's per-thread RSS counters are batched (a few
+    # hundred KiB), so two readings can cross by that much
+    assert d["idle_rss_mib"] <= d["peak_rss_mib"] + 0.5 and d["peak_rss_mib"] <= d["peak_rss_mib_end"] + 0.5
     assert "segment 5/5" in err
 
 
