@@ -82,7 +82,8 @@ class RuleSet:
 class Engine:
     def __init__(self, ruleset: RuleSet, *, device_class: str, mode: str = "monitor",
                  state_path: Path | None = None, bundle_dir: Path | None = None,
-                 autosave_every: int = 256, autosave_ms: int = 10_000, background_save: bool = False) -> None:
+                 autosave_every: int = 256, autosave_ms: int = 10_000, autosave_min_ms: int = 1_000,
+                 background_save: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.device_class = device_class
@@ -91,6 +92,7 @@ class Engine:
         self.bundle_dir = Path(bundle_dir) if bundle_dir else None
         self.autosave_every = autosave_every
         self.autosave_ms = autosave_ms
+        self.autosave_min_ms = autosave_min_ms  # under a storm of commands: at most one save per this
         # background_save (the daemon): autosaves are packed here, written by a thread
         self._writer = files.StateWriter(self.state_path) if background_save and self.state_path else None
         self.twin = Twin()
@@ -206,8 +208,10 @@ class Engine:
             except _EVAL_ERRORS as exc:
                 self.counters[f"eval_error:{o.site.split('|', 1)[0]}:{type(exc).__name__}"] += 1
         self._since_save += 1
-        if self.state_path is not None and (self._since_save >= self.autosave_every or (
-                self._last_save_ms is not None and now_ms - self._last_save_ms >= self.autosave_ms)):
+        last = self._last_save_ms
+        if self.state_path is not None and (
+                (self._since_save >= self.autosave_every and (last is None or now_ms - last >= self.autosave_min_ms))
+                or (last is not None and now_ms - last >= self.autosave_ms)):
             self._autosave(now_ms)
         if fired is None:
             return self._allow

@@ -110,7 +110,8 @@ def test_background_autosave_writes_off_the_judging_thread_and_counts_failures(t
 
     monkeypatch.setattr(files, "write_atomic", spy)
     state = tmp_path / "rules.state"
-    engine = load_engine(device_class="charger", state_path=state, autosave_every=3, background_save=True)
+    engine = load_engine(device_class="charger", state_path=state, autosave_every=3, autosave_min_ms=0,
+                         background_save=True)
     for i in range(3):
         engine.judge({"cmd": "ocpp.TriggerMessage", "args": {"requested_message": "MeterValues"}}, T0 + i)
     assert engine._writer is not None and engine._writer.flush(10)
@@ -127,6 +128,16 @@ def test_background_autosave_writes_off_the_judging_thread_and_counts_failures(t
         engine.judge({"cmd": "ocpp.TriggerMessage", "args": {"requested_message": "MeterValues"}}, T0 + 10 + i)
     assert engine._writer.flush(10)
     assert engine.status()["counters"]["state_save_failed:cannot write state: PermissionError"] == 1
+
+
+def test_autosave_is_rate_limited_under_a_storm_of_commands(tmp_path, monkeypatch):
+    from agent.rules import state as files
+    saves: list[int] = []
+    monkeypatch.setattr(files, "save_state", lambda path, data: saves.append(1))
+    engine = load_engine(device_class="charger", state_path=tmp_path / "rules.state", autosave_every=3)
+    for i in range(3000):  # 3,000 commands in 1.5 s: every 3rd would save without the limit
+        engine.judge({"cmd": "ocpp.TriggerMessage", "args": {"requested_message": "MeterValues"}}, T0 + i // 2)
+    assert len(saves) == 2  # the first, then one second later
 
 
 def test_corrupt_state_is_counted_and_engine_starts_empty(tmp_path):
