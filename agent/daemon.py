@@ -31,7 +31,7 @@ from .core.errors import RecordInvalid
 from .core.keys import Signer, ed25519_backend
 from .core.record import MONO, WALL, decode as decode_record
 from .core.keys import fs_key_at
-from .errors import AgentError, ConfigError, StateLost
+from .errors import AgentError, ConfigError, SpoolCorrupt, SpoolError, StateLost
 from .ingest import IngestServer
 from .keystore import FileKeyStore
 from .ledger import Ledger
@@ -148,7 +148,13 @@ def recover_journal(spool: Spool, state: ChainState, signer: Signer, problems: l
     one checkpoint of the boot that wrote them, signed with the key the state holds, and
     store it before anything else is written. Rows older than the state (already sealed) are
     dropped; rows that do not continue the chain are reported (``journal_unusable``)."""
-    rows = [r for r in spool.journal() if r[0] >= state.next_seq]
+    try:
+        rows = [r for r in spool.journal() if r[0] >= state.next_seq]
+    except SpoolCorrupt as exc:
+        problems.append("journal_unreadable")
+        log.error("journal unreadable (%s): records answered but not sealed before the last stop are lost",
+                  exc.reason)
+        rows = []
     run = []
     for row in rows:  # the contiguous run from next_seq (journal commits keep it so)
         if row[0] != state.next_seq + len(run):
@@ -172,8 +178,11 @@ def recover_journal(spool: Spool, state: ChainState, signer: Signer, problems: l
             log.warning("journal: sealed %d records answered before a crash (seq %d..%d)",
                         len(run), run[0][0], run[-1][0])
             state = sealer.state
-    if spool.journal():
-        spool.clear_journal()
+    try:
+        if spool.journal():
+            spool.clear_journal()
+    except (SpoolCorrupt, SpoolError):
+        pass  # reported above; the checkpoint commits go on deleting what they cover
     return state
 
 
@@ -201,9 +210,9 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
     try:
         keystore = FileKeyStore(config.key_dir)
         spool = Spool(config.spool_path, max_bytes=config.spool.max_bytes, cache_kib=config.spool.cache_kib,
-                      synchronous=config.spool.synchronous)
+                      synchronous=config.spool.synchronous, compress=config.spool.compress)
         counters: Counter[str] = Counter(spool.counters())
-        problems: list[str] = []
+        problems: list[str] = list(spool.open_problems)
         if (check := spool.quick_check()):
             counters["spool.quick_check_failed"] += 1
             problems.append("quick_check: " + "; ".join(check[:3])[:200])

@@ -6,7 +6,10 @@ records, the chain state (which carries the forward-secure key K_next) and the c
 so after a crash the file holds either all of a checkpoint or none of it.
 
 Tables: ``blocks`` (one row per checkpoint: its COSE message and its records as one msgpack
-array of the record bytes, so a checkpoint is one row write, not 256),
+array of the record bytes, so a checkpoint is one row write, not 1024; with ``compress``
+that array is zlib-compressed (level 1, ~5x on real records): a blob starting 0x78 is zlib,
+a msgpack array never starts so. ``max_bytes`` counts what is stored, so the same flash
+holds ~5x the records through an offline spell, and writes ~5x fewer bytes),
 ``state_a``/``state_b`` (two checksummed copies of the chain state on separate pages),
 ``meta`` (where the spool starts after receipts, last receipt), ``counters`` (drops and
 damage by reason), ``evictions`` (ranges evicted for space, with their last checkpoint hash),
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +115,25 @@ def decode_state(blob: bytes) -> ChainState | None:
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
+_ZLIB = 0x78                   # first byte of a zlib stream (deflate, 32 KiB window)
+_MAX_BLOCK_BYTES = 32 << 20    # a stored block never inflates past this (checkpoint_bytes ≤ 16 MiB)
+
+
+def _inflate(blob: bytes) -> bytes:
+    d = zlib.decompressobj()
+    out = d.decompress(blob, _MAX_BLOCK_BYTES)
+    if d.unconsumed_tail or not d.eof:
+        raise ValueError("compressed records too large or truncated")
+    return out
+
+
 def _unpack_records(blob: bytes) -> list[bytes]:
     """The record bytes of one block; ValueError when the blob is not an array of bin."""
+    try:
+        if blob[:1] == b"\x78":
+            blob = _inflate(blob)
+    except (zlib.error, ValueError) as exc:
+        raise ValueError(f"compressed records: {type(exc).__name__}") from None
     try:
         records = msgpack.unpackb(blob, raw=False, max_bin_len=1 << 20, max_array_len=1 << 20)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -132,16 +153,18 @@ def _connect(path: str, *, readonly: bool, cache_kib: int) -> sqlite3.Connection
 
 class Spool:
     def __init__(self, path: Path | str, *, max_bytes: int = 64 * 1024 * 1024, cache_kib: int = 1024,
-                 readonly: bool = False, synchronous: str = "full") -> None:
+                 readonly: bool = False, synchronous: str = "full", compress: bool = True) -> None:
         if synchronous not in ("full", "normal", "off"):
             raise ValueError(f"synchronous must be full, normal or off, not {synchronous!r}")
         self.path = str(path)
         self.max_bytes = max_bytes
         self.readonly = readonly
         self.synchronous = synchronous
+        self.compress = compress
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._damaged: set[int] = set()
+        self.open_problems: list[str] = []  # what could not be read at open (the agent reports it)
         try:
             if readonly:
                 if not Path(self.path).exists():
@@ -159,10 +182,26 @@ class Spool:
             # the reader (uplink, status, export) streams blocks once: a small cache will do
             self._r = _connect(self.path, readonly=True, cache_kib=min(cache_kib, 128))
             self._r.execute("PRAGMA query_only=ON")
-            self.bytes_used = int(self._r.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()[0])
-            self._journal_max = self._journal_high()
         except sqlite3.DatabaseError as exc:
             raise errors.SpoolCorrupt(f"cannot open {Path(self.path).name}: {exc}") from None
+        # Damage below the schema must not keep the agent from starting (it skips damaged blocks)
+        try:
+            self.bytes_used = int(self._r.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()[0])
+        except sqlite3.DatabaseError:
+            self.bytes_used = self._file_bytes()
+            self.open_problems.append("bytes_used_estimated")
+        try:
+            self._journal_max = self._journal_high()
+        except sqlite3.DatabaseError:
+            self._journal_max = 1 << 62  # unknown: every checkpoint commit tries the delete
+            self.open_problems.append("journal_unreadable")
+
+    def _file_bytes(self) -> int:
+        try:
+            r = self._r
+            return int(r.execute("PRAGMA page_count").fetchone()[0] * r.execute("PRAGMA page_size").fetchone()[0])
+        except sqlite3.DatabaseError:
+            return Path(self.path).stat().st_size
 
     def close(self) -> None:
         """Reader first: the writer closing last folds the WAL back into the main file."""
@@ -236,6 +275,8 @@ class Spool:
         rows = []
         for b in blocks:
             packed = _packb(b.records)
+            if self.compress:  # zlib releases the GIL: this runs beside the event loop
+                packed = zlib.compress(packed, 1)
             nbytes = len(b.message) + len(packed)
             sec = 0 if SECURITY_KINDS.isdisjoint(b.kinds) else 1
             rows.append((b.cp, b.first, b.last, b.state.boot, sec, nbytes, b.hash, b.message, packed))
@@ -289,10 +330,14 @@ class Spool:
             return 0
 
     def journal(self) -> list[tuple[int, str, bytes]]:
-        """The journal's rows (records committed but not sealed), in seq order."""
-        with self._rlock:
-            return [(int(seq), str(kind), bytes(data)) for seq, kind, data in
-                    self._r.execute("SELECT seq, kind, data FROM journal ORDER BY seq")]
+        """The journal's rows (records committed but not sealed), in seq order; SpoolCorrupt
+        when they cannot be read."""
+        try:
+            with self._rlock:
+                return [(int(seq), str(kind), bytes(data)) for seq, kind, data in
+                        self._r.execute("SELECT seq, kind, data FROM journal ORDER BY seq")]
+        except sqlite3.DatabaseError as exc:
+            raise errors.SpoolCorrupt(f"journal unreadable: {exc}") from None
 
     def clear_journal(self) -> int:
         """Delete every journal row (after recovery sealed or gave up on them); returns how many."""
@@ -422,11 +467,44 @@ class Spool:
 
     def _headers(self, after_cp: int | None, limit: int = 512,
                  below_cp: int | None = None) -> Iterator[tuple[int, int, int, int]]:
+        lo, hi = -1 if after_cp is None else after_cp, (1 << 62) if below_cp is None else below_cp
         with self._rlock:
-            rows = self._r.execute(
-                "SELECT cp, first, last, nbytes FROM blocks WHERE cp > ? AND cp < ? ORDER BY cp LIMIT ?",
-                (-1 if after_cp is None else after_cp, (1 << 62) if below_cp is None else below_cp, limit)).fetchall()
-        return iter(rows)
+            try:
+                return iter(self._r.execute(
+                    "SELECT cp, first, last, nbytes FROM blocks WHERE cp > ? AND cp < ? ORDER BY cp LIMIT ?",
+                    (lo, hi, limit)).fetchall())
+            except sqlite3.DatabaseError:
+                return iter(self._probe(lo, hi, limit))
+
+    def _probe(self, lo: int, hi: int, limit: int) -> list[tuple[int, int, int, int]]:
+        """The range scan crossed a damaged page of the blocks tree: look the checkpoints up
+        one by one from ``lo``, so the ones behind other pages are still read (and shipped).
+        One that cannot be looked up comes back as (cp, -1, -1, 0): read_block then marks it
+        damaged. At most 4,096 lookups per call; the caller goes on from the last cp."""
+        try:
+            top = self._r.execute("SELECT MAX(cp) FROM blocks").fetchone()[0]
+        except sqlite3.DatabaseError:
+            return []  # not even the tree's right edge reads: nothing to go on
+        start = self._start(self._r) if self._start_readable() else None
+        cp = max(lo + 1, start["cp"] if start else 0)
+        out: list[tuple[int, int, int, int]] = []
+        end = min(hi - 1, top if top is not None else -1, cp + 4095)
+        while cp <= end and len(out) < limit:
+            try:
+                row = self._r.execute("SELECT cp, first, last, nbytes FROM blocks WHERE cp = ?", (cp,)).fetchone()
+            except sqlite3.DatabaseError:
+                row = (cp, -1, -1, 0)
+            if row is not None:
+                out.append(tuple(row))  # type: ignore[arg-type]
+            cp += 1
+        return out
+
+    def _start_readable(self) -> bool:
+        try:
+            self._start(self._r)
+            return True
+        except (sqlite3.DatabaseError, ValueError, msgpack.UnpackException):
+            return False
 
     def unacked(self, after_cp: int | None, max_bytes: int) -> list[SpooledCheckpoint]:
         out: list[SpooledCheckpoint] = []
@@ -487,7 +565,8 @@ class Spool:
                 evicted = r.execute("SELECT COUNT(*), COALESCE(SUM(last - first + 1), 0) FROM evictions").fetchone()
             journal = self._journal_count()
         except sqlite3.DatabaseError as exc:
-            return {"error": f"spool unreadable: {type(exc).__name__}", "bytes": self.bytes_used}
+            return {"error": f"spool unreadable: {type(exc).__name__}", "bytes": self.bytes_used,
+                    "max_bytes": self.max_bytes, "damaged_blocks": sorted(self._damaged)}
         receipt = self.last_receipt()
         return {
             "bytes": self.bytes_used, "max_bytes": self.max_bytes, "file_bytes": pages,

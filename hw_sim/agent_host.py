@@ -83,7 +83,8 @@ class AgentHost:
         cfg = self.config
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         keystore = FileKeyStore(cfg.key_dir)
-        spool = self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, cache_kib=cfg.spool.cache_kib)
+        spool = self.spool = Spool(cfg.spool_path, max_bytes=cfg.spool.max_bytes, cache_kib=cfg.spool.cache_kib,
+                                   compress=cfg.spool.compress)
         self.counters.update(spool.counters())
         problems: list[str] = []
         state = open_chain(spool, keystore, cfg.device_id, problems)

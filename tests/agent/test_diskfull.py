@@ -4,6 +4,7 @@ records survive, and when they alone fill the spool api records are counted and 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from agent.core.export import Trust, verify_stream
@@ -28,7 +29,8 @@ def test_tiny_spool_evicts_api_blocks_keeps_commands_and_still_verifies(tmp_path
     cmd_seqs = []
     for round_ in range(40):
         for i in range(100):
-            c.send({"t": "rec", "r": {"api": "ocpp.MeterValues", "x": {"pad": "m" * 60, "i": i}}})
+            # random padding: the spool compresses records, and repeated bytes would never fill it
+            c.send({"t": "rec", "r": {"api": "ocpp.MeterValues", "x": {"pad": os.urandom(30).hex(), "i": i}}})
         v = c.call({"t": "chk", "id": round_, "c": {"cmd": "ocpp.Reset", "args": {"n": round_}}})
         cmd_seqs.append(v["seq"])
     status = c.call({"t": "status", "id": 99})["s"]
@@ -52,8 +54,8 @@ def test_tiny_spool_evicts_api_blocks_keeps_commands_and_still_verifies(tmp_path
 def test_when_security_records_fill_the_spool_api_records_are_counted_and_summarised(tmp_path):
     h = AgentHarness(tmp_path / "a", spool__max_bytes=8 * 1024, ledger__drop_summary_interval_ms=100).start()
     c = h.client()
-    for i in range(60):  # commands only: nothing can be evicted
-        c.call({"t": "chk", "id": i, "c": {"cmd": "ocpp.ChangeConfiguration", "args": {"k": "x" * 100}}})
+    for i in range(80):  # commands only: nothing can be evicted
+        c.call({"t": "chk", "id": i, "c": {"cmd": "ocpp.ChangeConfiguration", "args": {"k": os.urandom(100).hex()}}})
     # the commands are answered once journaled and sealed security_seal_ms later: the spool
     # is full once their checkpoints are stored
     end = time.monotonic() + 10
