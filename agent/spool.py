@@ -558,12 +558,16 @@ class Spool:
         try:
             with self._rlock:
                 r = self._r
-                blocks, first_cp, last_cp, first_seq, last_seq, records = r.execute(
-                    "SELECT COUNT(*), MIN(cp), MAX(cp), MIN(first), MAX(last), COALESCE(SUM(last - first + 1), 0) "
-                    "FROM blocks").fetchone()
-                pages = r.execute("PRAGMA page_count").fetchone()[0] * r.execute("PRAGMA page_size").fetchone()[0]
-                evicted = r.execute("SELECT COUNT(*), COALESCE(SUM(last - first + 1), 0) FROM evictions").fetchone()
-            journal = self._journal_count()
+                r.execute("BEGIN")  # one snapshot: a commit between the reads moves journal rows into blocks
+                try:
+                    blocks, first_cp, last_cp, first_seq, last_seq, records = r.execute(
+                        "SELECT COUNT(*), MIN(cp), MAX(cp), MIN(first), MAX(last), "
+                        "COALESCE(SUM(last - first + 1), 0) FROM blocks").fetchone()
+                    pages = r.execute("PRAGMA page_count").fetchone()[0] * r.execute("PRAGMA page_size").fetchone()[0]
+                    evicted = r.execute("SELECT COUNT(*), COALESCE(SUM(last - first + 1), 0) FROM evictions").fetchone()
+                    journal = self._journal_count()
+                finally:
+                    r.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             return {"error": f"spool unreadable: {type(exc).__name__}", "bytes": self.bytes_used,
                     "max_bytes": self.max_bytes, "damaged_blocks": sorted(self._damaged)}

@@ -129,7 +129,13 @@ def parse(message: bytes) -> Checkpoint:
         raise CheckpointMalformed("root, prev_cp and fs must be 32 bytes")
     if payload["kid"] != s1.kid:
         raise CheckpointMalformed("kid in payload differs from the protected header")
-    if _dumps(payload) != s1.payload:
+    try:
+        canonical = _dumps(payload)
+    except (cbor2.CBOREncodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # cbor2 decodes some malformed input into objects it cannot encode (a stray break
+        # marker inside an optional field, found by the verifier fuzz test)
+        raise CheckpointMalformed(f"payload CBOR not re-encodable: {type(exc).__name__}") from None
+    if canonical != s1.payload:
         raise CheckpointMalformed("payload is not canonical CBOR")
     next_key = None
     if "nk" in payload:

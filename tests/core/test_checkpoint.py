@@ -80,3 +80,24 @@ def test_hand_encoded_cose_envelope_equals_cbor2(payload, protected):
     message = cose.sign1(payload, FixedSigner())
     prot = cose._protected("Ed25519", "00112233aabbccdd")
     assert message == cbor2.dumps(cbor2.CBORTag(18, [prot, {}, payload, bytes(64)]))
+
+
+def test_a_payload_that_decodes_to_something_cbor2_cannot_encode_is_malformed_not_a_crash():
+    """Found by the verifier fuzz test: cbor2 decodes a stray break byte (0xff) where a
+    value belongs into a marker object, which the canonical re-encoding then refused with
+    its own exception type."""
+    import os
+
+    from agent.core import cose
+    from agent.core.keys import generate_signer
+    signer = generate_signer()
+    fields = {"dev": "d", "boot": 1, "cp": 0, "first": 0, "last": 0, "n": 1, "root": os.urandom(32),
+              "prev_cp": os.urandom(32), "mono": 1, "wall": 2, "why": "x"}
+    good = checkpoint.seal(fields, signer, os.urandom(32))
+    payload = cbor2.loads(cose.parse1(good).payload)
+    raw = cbor2.dumps(payload, canonical=True)
+    assert raw.count(b"\x63why\x61x") == 1
+    bad = cose.sign1(raw.replace(b"\x63why\x61x", b"\x63why\xff"), signer)
+    assert cbor2.loads(cose.parse1(bad).payload)["why"] is not None  # decodes, to the marker
+    with pytest.raises(CheckpointMalformed):
+        checkpoint.parse(bad)
