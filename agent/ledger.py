@@ -15,10 +15,10 @@ event loop (pure CPU); commits run on one writer thread, several queued checkpoi
 fsynced transaction, so ingest keeps going while the disk works. Callers wait for
 durability with ``when_durable(seq, callback)``; callbacks run on the loop as soon as the
 writer reports the commit (one thread hand-off each way, no Futures or extra tasks).
-With ``[spool] synchronous = "off"`` (no fsync) a commit is done on the loop when the
-writer is idle: without an fsync to overlap, handing it to the thread and back costs more
-than the commit, and the thread's Python steps between SQLite calls fight the loop for the
-GIL (a `chk` that met one waited the longest; `bench check` p99 ~600 → ~550 µs).
+With ``[spool] synchronous = "off"`` (no fsync) a small commit (a journal row, a few
+commands) is done on the loop when the writer is idle: handing it to the thread and back
+would cost more than the commit itself. Larger ones go to the writer, where compressing
+their records (zlib, without the GIL) does not hold up the loop.
 
 Queue policy: sealed-but-uncommitted records are bounded by ``backlog_records``; above it
 ``congested`` is true and ingest stops reading sockets until the backlog halves.
@@ -51,7 +51,7 @@ log = logging.getLogger("veritrail.ledger")
 DROPPED = "agent.dropped"
 EVICTED = "agent.evicted"  # agent.core.verify.EVICTED (not imported: the daemon does not need verify)
 _TICK_S = 0.05
-_INLINE_MAX_RECORDS = 4096  # synchronous="off": commits up to this size are done on the loop
+_INLINE_MAX_RECORDS = 64  # synchronous="off": commits up to this size are done on the loop
 _HEADER_BYTES = 24         # what the Sealer adds to a raw body at most (seq, boot, mono, wall, kind)
 _Row = tuple[int, str, bytes]
 _Job = tuple[list[Sealed], "Eviction | None", dict[str, int], list[_Row]]
