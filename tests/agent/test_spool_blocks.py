@@ -81,7 +81,7 @@ def test_inflating_stops_at_the_cap_instead_of_allocating_the_bomb():
 
     import pytest
 
-    from agent.spool import _inflate
+    from agent.spool_read import _inflate
     bomb = zlib.compress(b"\x00" * (200 << 20), 9)  # 200 MiB of zeros in ~200 KiB
     tracemalloc.start()
     try:
