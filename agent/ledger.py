@@ -1,9 +1,8 @@
 """The ledger: drives the Sealer and hands sealed checkpoints to the spool (DESIGN §3, §4).
 
 A checkpoint is cut after ``checkpoint_records`` records, ``checkpoint_bytes`` record bytes
-or ``checkpoint_interval_ms``,
-in the loop iteration after a security-class record or a sync write, at start and at
-orderly stop, and as an empty heartbeat when idle. A record someone waits for (a ``chk``
+or ``checkpoint_interval_ms``, after a security-class record or a sync write (see below),
+at start and at orderly stop, and as an empty heartbeat when idle. A record someone waits for (a ``chk``
 verdict, a ``sync`` write) is made durable first by journaling its bytes (the spool's
 ``journal`` table, committed like a checkpoint); the reply goes back on that commit and the
 range is sealed (signed) as soon as no input has come for ``security_seal_quiet_ms`` (at once,
@@ -35,9 +34,9 @@ import queue
 import threading
 import time
 from bisect import bisect_right
-from itertools import accumulate
 from collections import Counter, deque
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 from .config import LedgerConfig
@@ -130,9 +129,12 @@ class Ledger:
         if self._open_sec:
             self._seal("security")
         seq = self.sealer.append(fields, self.mono, self.wall)[0]
-        if self.sealer.pending >= self._max_records or self.sealer.pending_bytes >= self._max_bytes:
+        if self._range_full():
             self._seal("size")
         return seq
+
+    def _range_full(self) -> bool:
+        return self.sealer.pending >= self._max_records or self.sealer.pending_bytes >= self._max_bytes
 
     def append_batch(self, batch: list[dict[str, Any]]) -> list[RecordInvalid]:
         """Many api/state records read together; cuts checkpoints at exactly ``checkpoint_records``.
@@ -181,7 +183,7 @@ class Ledger:
                     except RecordInvalid as exc:
                         problems.append(exc)
             i += len(chunk)
-            if sealer.pending >= max_records or sealer.pending_bytes >= max_bytes or (ends is not None and i < n):
+            if self._range_full() or (ends is not None and i < n):
                 self._seal("size")
         return problems
 
@@ -192,7 +194,7 @@ class Ledger:
             self._seal("flush")
         self._open_sec = True
         seq = self.sealer.append(fields, self.mono, self.wall)[0]
-        if self.sealer.pending >= self._max_records or self.sealer.pending_bytes >= self._max_bytes:
+        if self._range_full():
             self._seal("size")
         self.urgent()
         return seq
