@@ -28,9 +28,8 @@ from .config import AgentConfig
 from .core.chain import ChainState, Sealer
 from .core.checkpoint import genesis_hash
 from .core.errors import RecordInvalid
-from .core.keys import Signer, ed25519_backend
+from .core.keys import Signer, ed25519_backend, fs_key_at
 from .core.record import MONO, WALL, decode as decode_record
-from .core.keys import fs_key_at
 from .errors import AgentError, ConfigError, SpoolCorrupt, SpoolError, StateLost
 from .ingest import IngestServer
 from .keystore import FileKeyStore
@@ -160,7 +159,7 @@ def recover_journal(spool: Spool, state: ChainState, signer: Signer, problems: l
         if row[0] != state.next_seq + len(run):
             break
         run.append(row)
-    if len(run) < len(rows) or (rows and not run):
+    if len(run) < len(rows):
         problems.append(f"journal_unusable:{len(rows) - len(run)}")
         log.error("journal: %d records do not continue the chain at seq %d and are lost",
                   len(rows) - len(run), state.next_seq + len(run))
@@ -179,10 +178,9 @@ def recover_journal(spool: Spool, state: ChainState, signer: Signer, problems: l
                         len(run), run[0][0], run[-1][0])
             state = sealer.state
     try:
-        if spool.journal():
-            spool.clear_journal()
-    except (SpoolCorrupt, SpoolError):
-        pass  # reported above; the checkpoint commits go on deleting what they cover
+        spool.clear_journal()  # what is left is sealed now, or was before, or is reported above
+    except SpoolError:
+        pass  # (SpoolCorrupt too) reported above; checkpoint commits go on deleting what they cover
     return state
 
 
