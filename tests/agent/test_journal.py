@@ -188,3 +188,55 @@ def test_journaled_records_are_sealed_when_input_pauses_and_at_the_latest_after_
         client.close()
     finally:
         agent.stop(proc)
+
+
+def test_kill_9_during_a_storm_of_commands_loses_no_verdict_and_recovery_seals_the_journal(tmp_path):
+    """Under a closed-loop storm input never pauses, so the journal holds up to
+    security_seal_ms of answered commands when the daemon is killed: every one of them must
+    be in the chain after the next start, and the chain must verify."""
+    import random
+    import threading
+
+    agent = AgentDir(tmp_path / "agent")
+    trust = Trust.from_enrollment(json.loads(agent.paths.enrollment.read_text()))
+    rng = random.Random(11)
+    acked: dict[int, str] = {}
+    for rnd in range(8):
+        proc = agent.start()
+        try:
+            client = agent.wait_ready(proc)
+            stop = threading.Event()
+
+            def storm(rnd: int = rnd, client=client, stop=stop) -> None:
+                i = 0
+                try:
+                    while not stop.is_set():
+                        v = client.call({"t": "chk", "id": i, "c": {"cmd": "ocpp.UnlockConnector",
+                                                                     "args": {"tag": f"{rnd}.{i}"}, "src": {}}})
+                        acked[v["seq"]] = f"{rnd}.{i}"
+                        i += 1
+                except (OSError, ConnectionError):
+                    return  # killed under us
+
+            writer = threading.Thread(target=storm)
+            writer.start()
+            time.sleep(rng.uniform(0.08, 0.25))
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+        stop.set()
+        writer.join(10)
+        client.close()
+    proc = agent.start()
+    try:
+        agent.wait_ready(proc).close()
+    finally:
+        agent.stop(proc)
+    items, records, journal = _blocks(agent)
+    assert journal == [] and verify_stream(trust, items).ok
+    lost = [s for s, tag in acked.items() if s not in records or records[s]["x"]["args"]["tag"] != tag]
+    assert len(acked) > 500 and not lost, lost[:10]
+    recovered = [p for r in records.values() if r["api"] == "agent.start" for p in r["x"]["problems"]
+                 if p.startswith("journal_recovered:")]
+    assert recovered, "no kill landed while commands were journaled: the test proved nothing"
