@@ -154,7 +154,7 @@ def recover_journal(spool: Spool, state: ChainState, signer: Signer, problems: l
         log.error("journal unreadable (%s): records answered but not sealed before the last stop are lost",
                   exc.reason)
         rows = []
-    run = []
+    run: list[tuple[int, str, bytes]] = []
     for row in rows:  # the contiguous run from next_seq (journal commits keep it so)
         if row[0] != state.next_seq + len(run):
             break

@@ -180,7 +180,8 @@ class Uplink:
         self._attempt += 1
         self._reconnect_delay = delay
         if self.client is not None:
-            self.client.reconnect_delay_set(delay, delay)  # paho waits exactly this before its next attempt
+            # paho waits exactly this before its next attempt (its stubs say int; it takes seconds as float)
+            self.client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:

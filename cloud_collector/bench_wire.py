@@ -31,7 +31,7 @@ from . import workload
 from .store.sqlite import SQLiteStore
 from .verify import process_batch
 
-LINGER_MS = UplinkConfig.__dataclass_fields__["batch_linger_ms"].default
+LINGER_MS: int = UplinkConfig.__dataclass_fields__["batch_linger_ms"].default  # type: ignore[assignment]
 
 
 def batches(sealed: list[tuple[int, Sealed]], linger_ms: int = LINGER_MS,
@@ -116,7 +116,8 @@ def run(quick: bool, progress) -> dict[str, Any]:
                 if r.stopped:
                     raise RuntimeError(f"bench batch did not verify: {r.stopped}")
             verify_s += time.perf_counter() - t0
-            stored = store.device(dev)["records"]
+            info = store.device(dev)
+            stored = info["records"] if info is not None else 0
             if stored != len(records):
                 raise RuntimeError(f"stored {stored} of {len(records)} records")
             n = len(records)

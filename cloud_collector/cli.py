@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threads: list[threading.Thread] = []
-    procs: list[multiprocessing.Process] = []
+    procs: list[multiprocessing.process.BaseProcess] = []
     if config.workers == 1:
         threads.append(threading.Thread(target=_worker, args=(config, 0, stop), name="collector-ingest"))
     else:
@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .api import create_app
         server = uvicorn.Server(uvicorn.Config(create_app(lambda: open_store(config.store)), host=config.api_host,
                                                port=config.api_port, log_level="warning"))
-        server.install_signal_handlers = lambda: None  # our handlers set `stop`
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # our handlers set `stop`
         api = threading.Thread(target=server.run, name="collector-api", daemon=True)
         api.start()
         stop.wait()

@@ -39,6 +39,7 @@ from .errors import CheckpointMalformed, VeritrailError
 from .keys import ALG_FROM_COSE, COSE_ALG
 from .record import encode as encode_record, leaf_hash
 
+_zstd: Any
 try:  # optional on the device (extra "zstd"); the collector always has it
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - exercised on devices without the extra
@@ -143,7 +144,8 @@ def _encode_column(values: list) -> list:
         return [_ENC_PLAIN, values]
     keys = [_packer.pack(v) for v in values]
     index: dict[bytes, int] = {}
-    uniques, refs = [], []
+    uniques: list[Any] = []
+    refs: list[int] = []
     for key, value in zip(keys, values):
         i = index.get(key)
         if i is None:

@@ -71,6 +71,8 @@ class StateWriter:
             with self._cond:
                 self._cond.wait_for(lambda: self._slot is not None)
                 data, self._slot, self._busy = self._slot, None, True
+            if data is None:  # (wait_for guarantees a slot; this narrows the type)
+                continue
             try:
                 save_state(self.path, data)
                 self.written += 1
