@@ -105,7 +105,15 @@ class Connection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | bytearray) -> None:
         items = self.decoder.feed(data)
         ledger = self.ledger
-        ledger.tick()
+        ledger.begin_input()  # the flush below serves every urgent() of this read
+        try:
+            self._handle(items)
+        finally:
+            ledger.flush()
+        if ledger.congested:
+            self.server.pause_all()
+
+    def _handle(self, items: list[Any]) -> None:
         batch: list[dict[str, Any]] = []  # consecutive plain records: appended in one go
         is_clean, add = clean, batch.append
         for obj in items:
@@ -152,9 +160,6 @@ class Connection(asyncio.BufferedProtocol):
                 self._frame_error(obj)
         if batch:
             self._append_batch(batch)
-        ledger.flush()
-        if ledger.congested:
-            self.server.pause_all()
 
     def _append_batch(self, batch: list[dict[str, Any]]) -> None:
         for exc in self.ledger.append_batch(batch):

@@ -91,6 +91,7 @@ class Ledger:
         self._idle.set()
         self._urgent_due = False                # urgent() asked for a seal not yet done
         self._urgent_scheduled = False          # ... and its end-of-iteration callback is queued
+        self._in_input = False                  # ingest is handling a read and will flush() after it
         self._kick_scheduled = False
         self._inflight = False                  # a commit is with the writer (one at a time)
         self._inline = spool.synchronous == "off"
@@ -199,11 +200,17 @@ class Ledger:
         self.urgent()
         return seq
 
+    def begin_input(self) -> None:
+        """Ingest starts handling a read and promises a ``flush()`` at its end: ``urgent()``
+        needs no callback of its own until then (one loop iteration less per command)."""
+        self.tick()
+        self._in_input = True
+
     def urgent(self) -> None:
-        """Seal what is open at the end of this loop iteration, or at ``flush()`` if that comes
-        first (several frames share one checkpoint)."""
+        """Make what is open durable at the end of this loop iteration, or at ``flush()`` if
+        that comes first (several frames share one commit)."""
         self._urgent_due = True
-        if not self._urgent_scheduled:
+        if not self._urgent_scheduled and not self._in_input:
             self._urgent_scheduled = True
             asyncio.get_running_loop().call_soon(self._seal_urgent)
 
@@ -215,6 +222,7 @@ class Ledger:
         """End of a burst of input (ingest calls it after each read): seal what ``urgent()``
         asked for and hand what is sealed to the writer now rather than a loop iteration later."""
         self._input_at = self.mono
+        self._in_input = False
         if self._urgent_due:
             self._urgent_due = False
             if self.sealer.pending:
