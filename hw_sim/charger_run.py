@@ -23,6 +23,7 @@ from .link import DeviceLink
 log = logging.getLogger("hw_sim.charger")
 
 SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+_CLOSE_TIMEOUT_S = 1.0  # a stopping charger waits this long for the CSMS to answer its close (websockets: 10 s)
 
 
 class ChargerError(Exception):
@@ -124,7 +125,8 @@ class ChargerSession:
             try:
                 ws = await asyncio.wait_for(websockets.connect(
                     cfg.csms_url, subprotocols=[SUBPROTOCOLS[cfg.ocpp_version]],
-                    additional_headers=headers or None, open_timeout=cfg.connect_timeout_s), cfg.connect_timeout_s + 1)
+                    additional_headers=headers or None, open_timeout=cfg.connect_timeout_s,
+                    close_timeout=_CLOSE_TIMEOUT_S), cfg.connect_timeout_s + 1)
                 break
             except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 self.connect_failures += 1
@@ -164,30 +166,35 @@ class ChargerSession:
                 await self._stop.wait()
                 for t in tasks:
                     t.cancel()
+                self._outbox_ready.set()  # the loops below also end on _stop (see _pump)
         finally:
             self.model.on_emit = None
             recv.cancel()
 
+    # The three loops also end when _stop is set, not only when cancelled: on Python 3.11 a
+    # cancel that lands while ocpp's asyncio.wait_for() gets its response is lost (gh-86296),
+    # and the charger then never stopped (a flaky hang in the hw_sim tests).
     async def _pump(self) -> None:
-        while True:       # woken by the model's on_emit (no polling: fleets run hundreds of these)
+        while not self._stop.is_set():  # woken by the model's on_emit (no polling: fleets run hundreds)
             self._outbox_ready.clear()
-            while self.model.outbox:
+            while self.model.outbox and not self._stop.is_set():
                 event = self.model.outbox.popleft()
                 await self.cp.send_event(event)
             self.twin.publish()
             await self._outbox_ready.wait()
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stop.is_set():
             interval = float(self.model.configuration.get("HeartbeatInterval", "300") or 300)
             await self.clock.sleep(max(interval, 1.0))
-            await self.cp.send_heartbeat()
+            if not self._stop.is_set():
+                await self.cp.send_heartbeat()
 
     async def _physics(self) -> None:
         cfg = self.config
         since_meter = 0.0
         last = self.clock.mono_ms()
-        while True:
+        while not self._stop.is_set():
             await self.clock.sleep(cfg.physics_interval_s)
             now = self.clock.mono_ms()
             elapsed_s, last = (now - last) / 1000, now
