@@ -7,6 +7,8 @@
     ├── CoseMalformed(reason)                not a COSE_Sign1 message we accept
     ├── CheckpointMalformed(reason)          a COSE message whose payload is not a checkpoint
     ├── KeyStoreError(reason)                key files missing, unreadable or with bad mode
+    ├── LibcryptoUnavailable(reason)         no usable system libcrypto (the cryptography fallback is used)
+    ├── LibcryptoError(call)                 a libcrypto call failed on input it had accepted
     ├── ExportMalformed(reason)              an export file that cannot be read
     └── VerifyError(cp, seq)                 the chain does not verify; exactly one per failure
         ├── BadSignature(kid)
@@ -239,3 +241,19 @@ class Fork(VerifyError):
         )
         self.first_hash = first_hash
         self.second_hash = second_hash
+
+
+class LibcryptoUnavailable(VeritrailError):
+    """No usable libcrypto: not found, a symbol missing, or the self-test failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"libcrypto Ed25519 unavailable: {reason}")
+        self.reason = reason
+
+
+class LibcryptoError(VeritrailError):
+    """A libcrypto call failed where it cannot fail on good input (a key it accepted)."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(f"libcrypto {call} failed")
+        self.call = call

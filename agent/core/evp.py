@@ -23,10 +23,13 @@ import os
 from ctypes import POINTER, byref, c_char_p, c_int, c_size_t, c_void_p
 from typing import Any
 
+from .errors import LibcryptoError, LibcryptoUnavailable  # (also reached as evp.*)
+
 EVP_PKEY_ED25519 = 1087  # NID_ED25519, the same in OpenSSL 1.1.1 and 3.x
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 SONAMES = ("libcrypto.so.3", "libcrypto.so.1.1")
+
 
 # RFC 8032 §7.1, TEST 1 (empty message)
 KAT_SECRET = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -34,22 +37,6 @@ KAT_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af02
 KAT_SIGNATURE = bytes.fromhex(
     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
 )
-
-
-class LibcryptoUnavailable(RuntimeError):
-    """No usable libcrypto: not found, a symbol missing, or the self-test failed."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"libcrypto Ed25519 unavailable: {reason}")
-        self.reason = reason
-
-
-class LibcryptoError(RuntimeError):
-    """A libcrypto call failed where it cannot fail on good input (a key it accepted)."""
-
-    def __init__(self, call: str) -> None:
-        super().__init__(f"libcrypto {call} failed")
-        self.call = call
 
 
 def _buffer(data: Any) -> bytes:
