@@ -1,6 +1,6 @@
 """The collector's store: registry, per-device verification state, records, alerts, counters.
 
-One interface (``Store``), one schema (``schema.sql``, written in the SQL that SQLite and
+One interface (``Store``), one schema (``migrations/NNNN_*.sql``, written in the SQL that SQLite and
 PostgreSQL share: ``ON CONFLICT``, ``BIGINT``, no SQLite-only functions). SQLite is the
 default (one file, WAL); a PostgreSQL implementation follows the same methods, taking
 ``SELECT ... FOR UPDATE`` on the device row where SQLite takes ``BEGIN IMMEDIATE``.

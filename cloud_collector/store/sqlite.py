@@ -7,7 +7,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
 import msgpack
@@ -17,13 +16,28 @@ from agent.core.verify import KeyInfo, VerifyState
 
 from ..errors import RegistryError, StoreError
 from . import Alert, DeviceRow
+from .migrations import migrations
 
-_SCHEMA = resources.files(__package__).joinpath("schema.sql").read_text()
 _DEVICE_COLS = "dev, enrolled_ms, last_seen_ms, last_cp_ms, records, checkpoints, next_seq, next_cp, boot, status, status_ms"
 
 
 def _dumps(records: list[bytes]) -> bytes:
     return msgpack.packb(records, use_bin_type=True)
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
 
 
 class SQLiteStore:
@@ -34,11 +48,31 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from None
         self._lock = threading.RLock()
         self._depth = 0
+
+    def _migrate(self) -> None:
+        """Apply the migrations not yet recorded, each in its own transaction (several
+        processes may open the same file at once: BEGIN IMMEDIATE makes them take turns)."""
+        self._db.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                         "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)")
+        for m in migrations():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (m.version,)).fetchone():
+                    self._db.execute("COMMIT")
+                    continue
+                for statement in _statements(m.sql):
+                    self._db.execute(statement)
+                self._db.execute("INSERT INTO schema_migrations (version, name, applied_ms) "
+                                 "VALUES (?, ?, CAST(strftime('%s','now') AS INTEGER) * 1000)", (m.version, m.name))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # --- plumbing -------------------------------------------------------------------
     @contextmanager
