@@ -44,6 +44,10 @@ class Ring:
     def full(self):
         return self.records >= self.max_frames
 
+    def unreported(self):
+        """Drops counted but not yet placed in the ring as a `drop` frame."""
+        return len(self._pending)
+
     def drop(self, reason, n):
         self.dropped[reason] = self.dropped.get(reason, 0) + n
         self._pending[reason] = self._pending.get(reason, 0) + n

@@ -29,6 +29,9 @@ __all__ = ["Shim", "ShimConfig", "PROTOCOL_VERSION", "SHIM_VERSION"]
 PROTOCOL_VERSION = 1
 
 _REC_FIELDS = ("src", "sub", "st", "lat", "rq", "rs")
+# Before the first send after this long without I/O, look for the agent's close (EOF) first:
+# a TCP send into a connection the agent has closed succeeds locally and the frame is lost.
+_IDLE_PEEK_MS = 50
 
 
 class Shim:
@@ -54,6 +57,7 @@ class Shim:
         self._next_connect = compat.ticks_ms()
         self._attempt = 0
         self._since_read = 0
+        self._io_at = compat.ticks_ms()
         self._pump = None
         self._wake = None
         self._stopping = False
@@ -195,7 +199,7 @@ class Shim:
             self._wake_pump()
             if self._pump is None:
                 self.poll(min(10, timeout_ms))
-            if not len(self._ring) and self._out is None and not self._twin:
+            if not len(self._ring) and self._out is None and not self._twin and not self._ring.unreported():
                 return True
             if compat.ticks_diff(compat.ticks_ms(), started) >= timeout_ms:
                 return False
@@ -278,6 +282,8 @@ class Shim:
             self._wake_pump()
             return
         try:
+            if self._connected and compat.ticks_diff(compat.ticks_ms(), self._io_at) >= _IDLE_PEEK_MS:
+                self._peek_closed()
             if not self._connected and self._pump is None:
                 self._connect_if_due(min(self.config.connect_timeout_ms, self.config.record_budget_ms))
             if self._connected:
@@ -331,6 +337,7 @@ class Shim:
         `wait_out`); then read replies for up to `read_ms` (None: do not read), returning
         early once `want_cid` is answered."""
         started = compat.ticks_ms()
+        self._io_at = started
         try:
             if self._out is None:
                 self._ring.flush_drops()
@@ -376,6 +383,15 @@ class Shim:
                     wait = read_ms - compat.ticks_diff(compat.ticks_ms(), started)
                     if wait <= 0:
                         return
+        except TransportError as exc:
+            self._disconnect(exc.reason)
+
+    def _peek_closed(self):
+        """Read what is there without waiting (a poll): replies, or the agent's close."""
+        try:
+            data = self._transport.recv(0)
+            if data:
+                self._on_bytes(data)
         except TransportError as exc:
             self._disconnect(exc.reason)
 

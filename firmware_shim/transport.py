@@ -23,6 +23,8 @@ except ImportError:  # older MicroPython ports; the WebAssembly port has no sock
 
 import select
 
+from firmware_shim import compat
+
 __all__ = ["SocketTransport", "TransportError", "parse_address"]
 
 _WOULD_BLOCK = (errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN), errno.ETIMEDOUT)
@@ -69,6 +71,17 @@ def parse_address(address):
     raise ValueError("agent address %r must start with unix: or tcp:" % address)
 
 
+def _unix_target(path):
+    """What connect() takes for a Unix socket path: the path itself on CPython; on
+    MicroPython's Unix port (whose connect() takes a raw sockaddr and refuses a str with
+    EINVAL) a struct sockaddr_un: native-endian sa_family, the path, a NUL."""
+    if not compat.IS_MICROPYTHON:
+        return path
+    import struct
+
+    return struct.pack("H", socket.AF_UNIX) + path.encode() + b"\0"  # type: ignore[attr-defined, union-attr, unused-ignore]
+
+
 def _is_timeout(exc):
     timeout_type = getattr(socket, "timeout", None) if socket is not None else None
     if timeout_type is not None and isinstance(exc, timeout_type):
@@ -95,7 +108,7 @@ class SocketTransport:
         try:
             if self.kind == "unix":
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # type: ignore[attr-defined]
-                target = self.target
+                target = _unix_target(self.target)
             else:
                 info = socket.getaddrinfo(self.target[0], self.target[1], 0, socket.SOCK_STREAM)[0]
                 sock = socket.socket(info[0], socket.SOCK_STREAM)
@@ -154,9 +167,9 @@ class SocketTransport:
         sock = self._sock
         if sock is None:
             raise TransportError("not_connected")
-        # Waiting: poll first. A reply is rarely there yet, and a failed recv costs an
-        # exception (several times a poll's price) on every check() while the agent works.
-        if timeout_ms > 0 and not self._poll_in.poll(timeout_ms):  # type: ignore[union-attr]
+        # Poll first, also without waiting: a reply is rarely there yet, and a failed recv
+        # costs an exception (several times a poll's price) on every check() while the agent works.
+        if not self._poll_in.poll(max(timeout_ms, 0)):  # type: ignore[union-attr]
             return b""
         try:
             data = sock.recv(_RECV_CHUNK)
