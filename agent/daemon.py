@@ -34,7 +34,9 @@ from .errors import AgentError, ConfigError, SpoolCorrupt, SpoolError, StateLost
 from .ingest import IngestServer
 from .keystore import FileKeyStore
 from .ledger import Ledger
+from .sdnotify import Notifier
 from .spool import Spool
+from .watchdog import Service
 
 log = logging.getLogger("veritrail.agent")
 VERSION = "0.1.0"
@@ -286,14 +288,18 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
         # Start-up objects (modules, rules, keys) never die: keep them out of every GC pass,
         # so collections triggered by the per-frame dicts only look at young objects.
         gc.freeze()
+        service = Service(Notifier.from_env(), ledger, uplink, counters)  # systemd: READY, WATCHDOG, STOPPING
         if ready is not None:
             ready()
+        service.ready()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(ledger.run(), name="ledger")
+            tg.create_task(service.run(stop), name="watchdog")
             tg.create_task(_scrub(spool, counters, stop, state.next_cp), name="scrub")
             if uplink is not None:
                 tg.create_task(uplink.run(), name="uplink")
             await stop.wait()
+            service.stopping()
             log.info("stopping: final checkpoint")
             ingest.stop_listening()
             await ledger.stop({"kind": "agent", "api": "agent.stop", "x": {"boot": state.boot}})

@@ -33,6 +33,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _inherited() -> dict[str, str]:
+    """This process's environment without systemd's notify variables (a test runner under
+    systemd must not have its daemons ping the runner's manager)."""
+    return {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+
+
 def set_option(text: str, key: str, value: str) -> str:
     """Replace the first ``key = ...`` line of a rendered agent.toml (comments after it go)."""
     new, n = re.subn(rf"(?m)^{re.escape(key)} = .*$", f"{key} = {value}", text, count=1)
@@ -69,7 +75,7 @@ class AgentProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(self.config),
                  "--log-level", "INFO"],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env={**os.environ, **(env or {})})
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env={**_inherited(), **(env or {})})
         deadline = time.monotonic() + timeout_s
         while not self.sock.exists():
             if self.proc.poll() is not None:
