@@ -4,6 +4,7 @@
     veritrail agent run --config FILE
     veritrail agent status --config FILE [--json]
     veritrail agent export --config FILE -o OUT
+    veritrail agent install-service [--user veritrail] [--dir /var/lib/veritrail]   (agent/service_unit.py)
 
 Exit status: 0 fine, 1 the operation failed, 2 bad usage or missing set-up.
 """
@@ -27,6 +28,7 @@ from .core.errors import KeyStoreError
 from .core.export import enrollment_doc, write_export
 from .errors import AgentError
 from .keystore import FileKeyStore
+from .service_unit import add_parser as add_service_parser, cmd_install_service
 from .spool import Spool
 
 
@@ -178,8 +180,10 @@ def main(argv: list[str]) -> int:
     p = sub.add_parser("export", help="write the spool as a veritrail-export/1 file")
     p.add_argument("--config", required=True)
     p.add_argument("-o", "--output", required=True)
+    add_service_parser(sub)
     args = parser.parse_args(argv)
-    handler = {"init": _cmd_init, "run": _cmd_run, "status": _cmd_status, "export": _cmd_export}[args.cmd]
+    handler = {"init": _cmd_init, "run": _cmd_run, "status": _cmd_status, "export": _cmd_export,
+               "install-service": cmd_install_service}[args.cmd]
     try:
         return handler(args)
     except (AgentError, KeyStoreError) as exc:
