@@ -34,6 +34,7 @@ from .errors import AgentError, ConfigError, SpoolCorrupt, SpoolError, StateLost
 from .ingest import IngestServer
 from .keystore import FileKeyStore
 from .ledger import Ledger
+from .reload import Reloader, SwappableUplink
 from .sdnotify import Notifier
 from .spool import Spool
 from .watchdog import Service
@@ -273,22 +274,27 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
         ingest: IngestServer | None = None
         uplink = make_uplink(config, spool, on_control=on_control, status=status)
         if uplink is not None:
+            uplink = SwappableUplink(uplink)  # a reload may rebuild it (agent/reload.py)
             uplink_box.append(uplink)
             ledger.on_commit.append(uplink.notify)
         await ledger.start({"kind": "agent", "api": "agent.start",
                             "x": {"boot": state.boot, "version": VERSION, "problems": problems}})
+        service = Service(Notifier.from_env(), ledger, uplink, counters)  # systemd: READY, WATCHDOG, STOPPING
         ingest = IngestServer(config.ingest, ledger, engine, socket_path=config.socket_path,
                               status=status, counters=counters)
         await ingest.start()
         if signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, Reloader(
+                config, ledger=ledger, ingest=ingest, spool=spool, engine=engine, uplink=uplink, counters=counters,
+                make_uplink=lambda c: make_uplink(c, spool, on_control=on_control, status=status),
+                service=service, stop=stop).request)
         log.info("agent %s running: device %s boot %d seq %d", VERSION, config.device_id, state.boot,
                  sealer.next_seq)
         # Start-up objects (modules, rules, keys) never die: keep them out of every GC pass,
         # so collections triggered by the per-frame dicts only look at young objects.
         gc.freeze()
-        service = Service(Notifier.from_env(), ledger, uplink, counters)  # systemd: READY, WATCHDOG, STOPPING
         if ready is not None:
             ready()
         service.ready()
@@ -316,6 +322,6 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None,
         return 0
     finally:
         if signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         os.close(lock_fd)

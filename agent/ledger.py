@@ -325,11 +325,17 @@ class Ledger:
         """Wait until everything sealed so far is committed."""
         await self._idle.wait()
 
+    def reconfigure(self, config: LedgerConfig, backlog_records: int) -> None:
+        """New limits (SIGHUP reload), from the next record and the next tick on."""
+        self.config = config
+        self._max_records, self._max_bytes = config.checkpoint_records, config.checkpoint_bytes
+        self._backlog_high = backlog_records
+
     # --- background -----------------------------------------------------------------
     async def _timers(self) -> None:
-        cfg = self.config
         while not self._stopping:
             await asyncio.sleep(_TICK_S)
+            cfg = self.config  # (read each tick: a reload may replace it)
             self.tick()
             now = self.mono
             if self.sealer.pending:
