@@ -21,6 +21,7 @@ BENCHES: dict[str, str] = {
     "wire": "cloud_collector.bench_wire",
     "rules": "agent.rules.bench",
     "check": "agent.bench.check",
+    "footprint": "hw_sim.bench.footprint",
 }
 
 
