@@ -5,6 +5,7 @@
     veritrail agent status --config FILE [--json]
     veritrail agent export --config FILE -o OUT
     veritrail agent install-service [--user veritrail] [--dir /var/lib/veritrail]   (agent/service_unit.py)
+    veritrail agent wheelhouse --out DIR [--target aarch64 --target armv7l]      (agent/wheelhouse.py)
 
 Exit status: 0 fine, 1 the operation failed, 2 bad usage or missing set-up.
 """
@@ -30,6 +31,7 @@ from .errors import AgentError
 from .keystore import FileKeyStore
 from .service_unit import add_parser as add_service_parser, cmd_install_service
 from .spool import Spool
+from .wheelhouse import add_parser as add_wheelhouse_parser, cmd_wheelhouse
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +183,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("-o", "--output", required=True)
     add_service_parser(sub)
+    add_wheelhouse_parser(sub)
     args = parser.parse_args(argv)
     handler = {"init": _cmd_init, "run": _cmd_run, "status": _cmd_status, "export": _cmd_export,
-               "install-service": cmd_install_service}[args.cmd]
+               "install-service": cmd_install_service, "wheelhouse": cmd_wheelhouse}[args.cmd]
     try:
         return handler(args)
     except (AgentError, KeyStoreError) as exc:
