@@ -82,6 +82,16 @@ def _unix_target(path):
     return struct.pack("H", socket.AF_UNIX) + path.encode() + b"\0"  # type: ignore[attr-defined, union-attr, unused-ignore]
 
 
+def _no_delay(sock):
+    """TCP_NODELAY: the shim batches frames itself, and Nagle's wait for the agent's delayed
+    ACK (40 ms) would hold back a check() or the last records before the agent stops.
+    MicroPython's Unix port names neither constant: Linux's numbers (6, 1) then."""
+    try:
+        sock.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 def _is_timeout(exc):
     timeout_type = getattr(socket, "timeout", None) if socket is not None else None
     if timeout_type is not None and isinstance(exc, timeout_type):
@@ -119,6 +129,8 @@ class SocketTransport:
             sock.settimeout(max(timeout_ms, 1) / 1000)
             sock.connect(target)
             sock.settimeout(0)
+            if self.kind == "tcp":
+                _no_delay(sock)
         except OSError as exc:
             sock.close()
             raise TransportError("timeout" if _is_timeout(exc) else _reason(exc))
