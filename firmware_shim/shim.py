@@ -29,9 +29,10 @@ __all__ = ["Shim", "ShimConfig", "PROTOCOL_VERSION", "SHIM_VERSION"]
 PROTOCOL_VERSION = 1
 
 _REC_FIELDS = ("src", "sub", "st", "lat", "rq", "rs")
-# Before the first send after this long without I/O, look for the agent's close (EOF) first:
-# a TCP send into a connection the agent has closed succeeds locally and the frame is lost.
-_IDLE_PEEK_MS = 50
+# Before the first send after this long without I/O, look for the agent's close (EOF) first
+# (one poll): a TCP send into a connection the agent has closed succeeds locally and the frame
+# is lost. Records in a burst (less than this apart) skip the poll.
+_IDLE_PEEK_MS = 2
 
 
 class Shim:
