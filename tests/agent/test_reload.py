@@ -113,3 +113,58 @@ def test_sighup_reload_under_load_loses_nothing() -> None:
                             "rules.mode"]] * 3
         refused = [r["x"] for r in records if r.get("api") == "agent.reload_refused"]
         assert refused[0] == {"fixed": ["agent.device_id", "ingest.tcp_port"]} and len(refused) == 3
+
+
+def test_sighup_reload_of_tls_files_rebuilds_the_uplink(tmp_path: Path) -> None:
+    """Certificate rotation: the agent starts with a client certificate the broker does not
+    trust (mutual TLS, deploy/mosquitto's config), then agent.toml points at a good one and a
+    SIGHUP rebuilds the uplink, which connects and ships: no restart, no record lost."""
+    import shutil
+
+    from agent.core.keys import generate_signer
+    from tests.cloud_collector.pki import TestPKI
+    from tests.cloud_collector.test_mosquitto_acl import DEPLOY
+    from tests.mqtt_broker import Broker, free_port
+
+    pki, stranger = TestPKI(tmp_path / "pki"), TestPKI(tmp_path / "other-ca")
+    port = free_port()
+    shutil.copy(DEPLOY / "veritrail.acl", tmp_path / "veritrail.acl")
+    (tmp_path / "data").mkdir()
+    text = (DEPLOY / "mosquitto.conf").read_text()
+    for old, new in (("/etc/mosquitto/veritrail.acl", str(tmp_path / "veritrail.acl")),
+                     ("/var/lib/mosquitto/", f"{tmp_path / 'data'}/"), ("/etc/mosquitto/certs/ca.crt", str(pki.ca_file)),
+                     ("/etc/mosquitto/certs/server.crt", str(pki.server_cert)),
+                     ("/etc/mosquitto/certs/server.key", str(pki.server_key)), ("listener 8883", f"listener {port} 127.0.0.1")):
+        text = text.replace(old, new)
+    bad_cert, bad_key = stranger.issue("reload-tls")
+    good_cert, good_key = pki.issue("reload-tls")
+    uplink = (f'\n[uplink]\nhost = "127.0.0.1"\nport = {port}\n'
+              f'collector_public_key = "{generate_signer().public_bytes().hex()}"\n'
+              f'tls_ca_file = "{pki.ca_file}"\ntls_cert_file = "{bad_cert}"\ntls_key_file = "{bad_key}"\n'
+              f'batch_linger_ms = 100\nreconnect_min_s = 0.2\nreconnect_max_s = 0.5\n')
+    with Broker(tmp_path / "broker", port=port, config_text=text), \
+            AgentProcess(device_id="reload-tls", extra_toml=uplink) as agent:
+        config = load(agent.config)
+        shim = Shim(agent=agent.address_unix)
+        for i in range(100):
+            shim.record("t.tls", i=i)
+        assert shim.flush(5000)
+        wait_for(lambda: from_socket(config)["uplink"]["counts"].get("connect_failures", 0) >= 1
+                 or from_socket(config)["uplink"].get("last_error"), 20, "the refused handshake")
+        assert not from_socket(config)["uplink"]["connected"]
+
+        agent.config.write_text(agent.config.read_text().replace(str(bad_cert), str(good_cert))
+                                .replace(str(bad_key), str(good_key)))
+        agent.signal(signal.SIGHUP)
+        wait_for(lambda: from_socket(config)["uplink"]["connected"], 20, "uplink connected with the new certificate")
+        for i in range(100, 200):
+            shim.record("t.tls", i=i)
+        assert shim.flush(5000)
+        st = from_socket(config)
+        assert st["uplink"]["swaps"] == 1 and st["counters"]["reload.applied"] == 1
+        wait_for(lambda: from_socket(config)["uplink"]["counts"].get("records_sent", 0) >= 200, 20, "records shipped")
+        shim.close()
+        assert agent.stop() == 0
+        reloads = [r["x"]["changed"] for r in agent.records() if r.get("api") == "agent.reload"]
+        assert reloads == [["uplink.tls_cert_file", "uplink.tls_key_file"]]
+        assert [r["x"]["i"] for r in agent.records() if r.get("api") == "t.tls"] == list(range(200))
