@@ -101,8 +101,10 @@ class TlogStore:
                 "ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line, received_ms = excluded.received_ms",
                 (size, witness, line, now_ms))
 
-    def tlog_cosigs(self, size: int) -> list[str]:
-        return [r[0] for r in self._q("SELECT line FROM tlog_cosigs WHERE size = ? ORDER BY witness", (size,))]
+    def tlog_cosigs(self, size: int) -> list[tuple[str, str]]:
+        """(witness verifier key, cosignature line) received for the checkpoint of ``size``."""
+        return [(w, line) for w, line in self._q(
+            "SELECT witness, line FROM tlog_cosigs WHERE size = ? ORDER BY witness", (size,))]
 
     # --- evidence and export reads ----------------------------------------------------
     def alert_evidence_refs(self, alert_id: int) -> list[dict[str, Any]] | None:
