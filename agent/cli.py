@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("agent.verify_cli", "verify an exported record stream offline"),
+    "verify-evidence": ("agent.evidence_cli", "check an alert's evidence bundle offline"),
     "agent": ("agent.daemon_cli", "init, run and inspect the on-device agent"),
     "rules": ("agent.rules.cli", "bundle, lint and test rule packs"),
     "collector": ("cloud_collector.cli", "run the cloud collector, enroll devices"),
