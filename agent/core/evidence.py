@@ -155,18 +155,18 @@ class _Reader:
             raise self.fail(f"{len(self.obj)} items, limit {limit}")
         return [_Reader(v, f"{self.path}[{i}]") for i, v in enumerate(self.obj)]
 
-    def int(self) -> int:
+    def integer(self) -> int:
         if type(self.obj) is not int or not 0 <= self.obj < 1 << 63:
             raise self.fail("not an unsigned 63-bit integer")
         return self.obj
 
-    def str(self, limit: int = 1 << 20) -> str:
+    def text(self, limit: int = 1 << 20) -> str:
         if not isinstance(self.obj, str) or not self.obj or len(self.obj) > limit:
             raise self.fail(f"not a non-empty string of at most {limit} characters")
         return self.obj
 
-    def bytes(self, limit: int = 1 << 20) -> bytes:
-        s = self.str(4 * limit // 3 + 4)
+    def blob(self, limit: int = 1 << 20) -> bytes:
+        s = self.text(4 * limit // 3 + 4)
         try:
             raw = base64.b64decode(s, validate=True)
         except (binascii.Error, ValueError):
@@ -176,7 +176,7 @@ class _Reader:
         return raw
 
     def hashes(self) -> tuple[bytes, ...]:
-        out = tuple(r.bytes(32) for r in self.items(MAX_PROOF))
+        out = tuple(r.blob(32) for r in self.items(MAX_PROOF))
         if any(len(h) != 32 for h in out):
             raise self.fail("a proof hash is not 32 bytes")
         return out
@@ -187,7 +187,7 @@ class _Reader:
 
 def _record(r: _Reader) -> RecordEvidence:
     r.fields({"seq", "data", "proof"})
-    return RecordEvidence(r.at("seq").int(), r.at("data").bytes(64 * 1024), r.at("proof").hashes())
+    return RecordEvidence(r.at("seq").integer(), r.at("data").blob(64 * 1024), r.at("proof").hashes())
 
 
 def _checkpoint(r: _Reader) -> CheckpointEvidence:
@@ -196,21 +196,21 @@ def _checkpoint(r: _Reader) -> CheckpointEvidence:
     inclusion = None
     if not lg.nullable():
         lg.fields({"index", "received_ms", "proof"})
-        inclusion = LogInclusion(lg.at("index").int(), lg.at("received_ms").int(), lg.at("proof").hashes())
-    return CheckpointEvidence(r.at("cose").bytes(16 * 1024), inclusion,
+        inclusion = LogInclusion(lg.at("index").integer(), lg.at("received_ms").integer(), lg.at("proof").hashes())
+    return CheckpointEvidence(r.at("cose").blob(16 * 1024), inclusion,
                               tuple(_record(x) for x in r.at("records").items(MAX_RECORDS)))
 
 
 def _key(r: _Reader) -> KeyEvidence:
     r.fields({"kid", "alg", "pub", "rotation"})
     rot = r.at("rotation")
-    return KeyEvidence(r.at("kid").str(64), r.at("alg").str(16), r.at("pub").bytes(256),
-                       None if rot.nullable() else rot.bytes(16 * 1024))
+    return KeyEvidence(r.at("kid").text(64), r.at("alg").text(16), r.at("pub").blob(256),
+                       None if rot.nullable() else rot.blob(16 * 1024))
 
 
 def _device(r: _Reader) -> DeviceEvidence:
     r.fields({"dev", "keys", "checkpoints"})
-    return DeviceEvidence(r.at("dev").str(MAX_DEV_CHARS), tuple(_key(k) for k in r.at("keys").items(MAX_KEYS)),
+    return DeviceEvidence(r.at("dev").text(MAX_DEV_CHARS), tuple(_key(k) for k in r.at("keys").items(MAX_KEYS)),
                           tuple(_checkpoint(c) for c in r.at("checkpoints").items(MAX_CHECKPOINTS)))
 
 
@@ -229,13 +229,13 @@ def decode(data: bytes) -> Bundle:
     refs = []
     for r in top.at("refs").items(MAX_REFS):
         r.fields({"dev", "first", "last"})
-        refs.append(Ref(r.at("dev").str(MAX_DEV_CHARS), r.at("first").int(), r.at("last").int()))
+        refs.append(Ref(r.at("dev").text(MAX_DEV_CHARS), r.at("first").integer(), r.at("last").integer()))
     lg = top.at("log")
     log = None
     if not lg.nullable():
         lg.fields({"vkey", "checkpoint", "witnesses"})
-        log = LogEvidence(lg.at("vkey").str(1024), lg.at("checkpoint").str(64 * 1024),
-                          tuple(w.str(1024) for w in lg.at("witnesses").items(64)))
+        log = LogEvidence(lg.at("vkey").text(1024), lg.at("checkpoint").text(64 * 1024),
+                          tuple(w.text(1024) for w in lg.at("witnesses").items(64)))
     devices = tuple(_device(d) for d in top.at("devices").items(MAX_DEVICES))
     if sum(len(c.records) for d in devices for c in d.checkpoints) > MAX_RECORDS:
         raise EvidenceMalformed(f"more than {MAX_RECORDS} records")

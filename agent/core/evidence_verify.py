@@ -87,10 +87,11 @@ def _log_step(report: Report, bundle: Bundle, trust: Trust) -> tuple[LogCheckpoi
     except LogFormatError as exc:
         report.add("collector log checkpoint", False, str(exc))
         return None, False
-    pinned = trust.log_key is not None
-    if pinned and trust.log_key != key:
+    pinned_key = trust.log_key
+    pinned = pinned_key is not None
+    if pinned_key is not None and pinned_key != key:
         report.add("collector log checkpoint", False,
-                   f"signed by {key.vkey()}, not by the trusted log key {trust.log_key.vkey()}")
+                   f"signed by {key.vkey()}, not by the trusted log key {pinned_key.vkey()}")
         return None, True
     report.add("collector log checkpoint", True,
                f"{cp.origin}: tree size {cp.size}, root {cp.root.hex()[:16]}…, signature verifies with "

@@ -354,7 +354,8 @@ def decode_bundle(data: bytes, width: int) -> list[bytes]:
         raise TileMalformed("entry bundle is not bytes")
     if not 1 <= width <= TILE_WIDTH:
         raise TileMalformed(f"width {width} (1..{TILE_WIDTH})")
-    out, o = [], 0
+    out: list[bytes] = []
+    o = 0
     while o < len(data):
         if o + 2 > len(data):
             raise TileMalformed("truncated entry length")

@@ -106,6 +106,11 @@ class TlogStore:
         return [(w, line) for w, line in self._q(
             "SELECT witness, line FROM tlog_cosigs WHERE size = ? ORDER BY witness", (size,))]
 
+    def tlog_witness_size(self, witness: str) -> int:
+        """The largest size this witness (verifier key) has cosigned for us; 0 if none."""
+        rows = self._q("SELECT size FROM tlog_cosigs WHERE witness = ? ORDER BY size DESC LIMIT 1", (witness,))
+        return int(rows[0][0]) if rows else 0
+
     # --- evidence and export reads ----------------------------------------------------
     def alert_evidence_refs(self, alert_id: int) -> list[dict[str, Any]] | None:
         """The evidence refs of an alert from the base alerts table: [(dev, seq_first, seq_last)].

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS tlog_cosigs (
     size BIGINT NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, received_ms BIGINT NOT NULL,
     PRIMARY KEY (size, witness)
 );
+CREATE INDEX IF NOT EXISTS tlog_cosigs_by_witness ON tlog_cosigs (witness, size);
 -- One row (id 1): the integrated size and the log's identity. Integrations lock this row.
 CREATE TABLE IF NOT EXISTS tlog_state (
     id INTEGER PRIMARY KEY, size BIGINT NOT NULL, origin TEXT NOT NULL, vkey TEXT NOT NULL
