@@ -21,6 +21,7 @@ BENCHES: dict[str, str] = {
     "wire": "cloud_collector.bench_wire",
     "rules": "agent.rules.bench",
     "check": "agent.bench.check",
+    "evidence": "hw_sim.bench.evidence",
 }
 
 
