@@ -188,3 +188,29 @@ def test_a_witness_cosigns_consistent_checkpoints_and_refuses_a_rewrite(world):
         assert exc.value.status == 422
     finally:
         server.shutdown()
+
+
+def test_openapi_describes_the_log_and_evidence_routes(tmp_path):
+    from tests.cloud_collector.http_app import make_app
+    paths = make_app(SQLiteStore(str(tmp_path / "c.db"))).openapi()["paths"]
+    for p in ("/log/checkpoint", "/log/tile/{level}/{n}", "/log/tile/entries/{n}", "/api/alerts/{alert_id}/evidence",
+              "/api/alerts/{alert_id}/evidence/verify"):
+        assert p in paths, sorted(paths)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600) | st.builds(
+    lambda old, proof, tail: (f"old {old}\n" + "".join(p + "\n" for p in proof) + "\n" + tail).encode(),
+    st.integers(0, 30), st.lists(st.sampled_from(["AAAA", "x", "A" * 43 + "=", ""]), max_size=3), st.text(max_size=80)))
+def test_witness_request_decoder_gives_a_result_or_a_witness_error(tmp_path_factory, body):
+    d = tmp_path_factory.mktemp("w")
+    Witness.init(d, "witness.example/fuzz")
+    w = Witness(d, [log_signer(generate_signer()).verifier])
+    try:
+        w.add_checkpoint(body)
+    except WitnessError as exc:
+        assert exc.status in (400, 403, 404, 409, 422)
