@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import EvidenceMalformed
+from .note import b64
 
 FORMAT = "veritrail-evidence/1"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
@@ -96,23 +97,19 @@ class Bundle:
 
 # --- encode ------------------------------------------------------------------------
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def to_json(b: Bundle) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "refs": [{"dev": r.dev, "first": r.first, "last": r.last} for r in b.refs],
         "devices": [{
             "dev": d.dev,
-            "keys": [{"kid": k.kid, "alg": k.alg, "pub": _b64(k.pub),
-                      "rotation": None if k.rotation is None else _b64(k.rotation)} for k in d.keys],
+            "keys": [{"kid": k.kid, "alg": k.alg, "pub": b64(k.pub),
+                      "rotation": None if k.rotation is None else b64(k.rotation)} for k in d.keys],
             "checkpoints": [{
-                "cose": _b64(c.cose),
+                "cose": b64(c.cose),
                 "log": None if c.log is None else {"index": c.log.index, "received_ms": c.log.received_ms,
-                                                   "proof": [_b64(p) for p in c.log.proof]},
-                "records": [{"seq": r.seq, "data": _b64(r.data), "proof": [_b64(p) for p in r.proof]}
+                                                   "proof": [b64(p) for p in c.log.proof]},
+                "records": [{"seq": r.seq, "data": b64(r.data), "proof": [b64(p) for p in r.proof]}
                             for r in c.records],
             } for c in d.checkpoints],
         } for d in b.devices],
@@ -171,7 +168,7 @@ class _Reader:
             raw = base64.b64decode(s, validate=True)
         except (binascii.Error, ValueError):
             raise self.fail("not base64") from None
-        if _b64(raw) != s:
+        if b64(raw) != s:
             raise self.fail("not canonical base64")
         return raw
 

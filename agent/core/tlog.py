@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import merkle
 from .errors import EntryMalformed, ProofMalformed, TileMalformed
 
 HASH_BYTES = 32
@@ -43,8 +44,7 @@ def leaf_hash(entry: bytes) -> bytes:
     return _sha256(b"\x00" + entry).digest()
 
 
-def node_hash(left: bytes, right: bytes) -> bytes:
-    return _sha256(b"\x01" + left + right).digest()
+node_hash = merkle.node_hash
 
 
 # --- entries ----------------------------------------------------------------------
@@ -167,26 +167,10 @@ def consistency_proof(old: int, new: int, node: Node) -> list[bytes]:
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes) -> bool:
-    """RFC 9162 §2.1.3.2; False on any bad input, never raises."""
-    if not (isinstance(index, int) and isinstance(size, int) and 0 <= index < size):
+    """RFC 9162 §2.1.3.2 (merkle.verify_inclusion), with the proof length bounded; never raises."""
+    if not (isinstance(index, int) and isinstance(size, int)) or len(proof) > MAX_PROOF_HASHES:
         return False
-    if len(proof) > MAX_PROOF_HASHES or any(not isinstance(p, bytes) or len(p) != HASH_BYTES for p in proof):
-        return False
-    fn, sn, r = index, size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and r == expected_root
+    return merkle.verify_inclusion(leaf, index, size, proof, expected_root)
 
 
 def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
@@ -241,10 +225,7 @@ def decode_proof(hashes: Sequence[bytes]) -> list[bytes]:
 
 def perfect_hash(hashes: Sequence[bytes]) -> bytes:
     """MTH of a power-of-two run of subtree hashes."""
-    level = list(hashes)
-    while len(level) > 1:
-        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
-    return level[0]
+    return merkle.root(hashes)
 
 
 def tile_width(level: int, index: int, size: int) -> int:
