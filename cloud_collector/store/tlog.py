@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import StoreError
 
 _INSERT_CHUNK = 200  # rows per multi-row INSERT (SQLite allows 32766 parameters; 5 per row)
+_DELETE_CHUNK = 500
 
 
 class TlogStore:
@@ -54,8 +55,10 @@ class TlogStore:
                 args += [first_idx + start + k, dev, cp, h, received]
             self._q("INSERT INTO tlog_leaves (idx, dev, cp, hash, received_ms) VALUES "
                     + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)), tuple(args))
-        if rows:
-            self._q("DELETE FROM tlog_queue WHERE id <= ?", (rows[-1][0],))
+        # by id, not "id <= last": on PostgreSQL a row with a smaller id can commit after our read
+        for start in range(0, len(rows), _DELETE_CHUNK):
+            ids = tuple(r[0] for r in rows[start:start + _DELETE_CHUNK])
+            self._q(f"DELETE FROM tlog_queue WHERE id IN ({', '.join('?' * len(ids))})", ids)
         for (level, idx), data in tiles.items():
             self._q("INSERT INTO tlog_tiles (level, idx, hashes) VALUES (?, ?, ?) "
                     "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes", (level, idx, data))
