@@ -117,6 +117,7 @@ class TransparencyLog:
             note = sign_note(LogCheckpoint(self.origin, new_size, root).text(), [self.signer])
             self.store.tlog_append(size, rows, tiles.changed())
             self.store.tlog_set_head(new_size, root, note, int(self.clock() * 1000))
+            self.store.bump({"tlog.leaves": len(rows), "tlog.checkpoints": 1})
         return len(rows)
 
     def integrate_all(self) -> int:
@@ -144,4 +145,9 @@ class LogIntegrator:
             except StoreError as exc:
                 self.errors += 1
                 log.error("log integration: %s", exc.reason)
+                try:  # counted where operators look (/api/metrics), if the store still answers
+                    with self.log.store.transaction():
+                        self.log.store.bump({"tlog.integration_errors": 1})
+                except StoreError as again:
+                    log.error("log integration error not counted: %s", again.reason)
             stop.wait(self.interval_s)

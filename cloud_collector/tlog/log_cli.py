@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 from agent.core import tlog
-from agent.core.errors import LogFormatError
-from agent.core.evidence import decode
 from agent.core.checkpoint import parse
-from agent.core.errors import CheckpointMalformed
+from agent.core.errors import CheckpointMalformed, LogFormatError
+from agent.core.evidence import decode
 from agent.core.note import parse_vkey
 
 from .audit import Auditor, Fetcher, FetchError
