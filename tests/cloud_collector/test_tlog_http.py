@@ -214,3 +214,44 @@ def test_witness_request_decoder_gives_a_result_or_a_witness_error(tmp_path_fact
         w.add_checkpoint(body)
     except WitnessError as exc:
         assert exc.status in (400, 403, 404, 409, 422)
+
+
+def test_witness_and_cosign_commands(tmp_path):
+    """`veritrail witness init|run` as its own process, `veritrail log key|cosign` against it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cloud_collector.config import create_key
+    from tests.mqtt_broker import wait_for
+    root = Path(__file__).resolve().parents[2]
+    vt = [sys.executable, "-m", "agent.cli"]
+    signer = create_key(tmp_path / "collector.key")
+    (tmp_path / "collector.toml").write_text('[collector]\nstore = "collector.db"\nkey_file = "collector.key"\n')
+    store = SQLiteStore(str(tmp_path / "collector.db"))
+    d = DeviceChain()
+    store.enroll(d.trust(), NOW)
+    process_batch(store, d.device_id, [d.cp(3)], NOW)
+    TransparencyLog(store, log_signer(signer)).integrate_all()
+    log_vkey = subprocess.run(vt + ["log", "key", "--config", str(tmp_path / "collector.toml")], cwd=root,
+                              capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    assert log_vkey == log_signer(signer).verifier.vkey()
+    wkey = subprocess.run(vt + ["witness", "init", "--dir", str(tmp_path / "w"), "--name", "witness.example/w9"],
+                          cwd=root, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    port = free_port()
+    w = subprocess.Popen(vt + ["witness", "run", "--dir", str(tmp_path / "w"), "--log", log_vkey, "--port", str(port)],
+                         cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        def cosigned():
+            r = subprocess.run(vt + ["log", "cosign", "--config", str(tmp_path / "collector.toml"), "--witness",
+                                     f"http://127.0.0.1:{port}", "--witness-key", wkey], cwd=root,
+                               capture_output=True, text=True, timeout=60)
+            return r.returncode == 0 and json.loads(r.stdout)
+        out = wait_for(cosigned, 30, "the witness cosigns", interval_s=0.3)
+        assert out["cosigned_size"] == 1
+        assert [wv for wv, _ in store.tlog_cosigs(1)] == [wkey]
+    finally:
+        w.terminate()
+        w.wait(10)
+        store.close()
