@@ -28,6 +28,7 @@ from agent.core.chain import ChainState, Sealer
 from agent.core.checkpoint import parse
 from agent.core.export import Trust, enrollment_doc
 from agent.core.keys import generate_signer
+from agent.core.verify import VerifyState
 from cloud_collector.store import Alert
 from cloud_collector.store.sqlite import SQLiteStore
 from cloud_collector.tlog import TransparencyLog, log_signer
@@ -65,8 +66,7 @@ def _load(store: SQLiteStore, devices: int, records_per_device: int, progress: C
     return commands
 
 
-def sealer_state(sealer: Sealer):
-    from agent.core.verify import VerifyState
+def sealer_state(sealer: Sealer) -> VerifyState:
     st = sealer.state
     return VerifyState(st.next_seq, st.next_cp, st.prev_cp_hash, st.boot, None)
 
