@@ -14,9 +14,12 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("agent.verify_cli", "verify an exported record stream offline"),
+    "verify-evidence": ("agent.evidence_cli", "check an alert's evidence bundle offline"),
     "agent": ("agent.daemon_cli", "init, run and inspect the on-device agent"),
     "rules": ("agent.rules.cli", "bundle, lint and test rule packs"),
     "collector": ("cloud_collector.cli", "run the cloud collector, enroll devices"),
+    "log": ("cloud_collector.tlog.log_cli", "follow the collector's transparency log: verify, key, cosign"),
+    "witness": ("cloud_collector.tlog.witness_cli", "a witness that cosigns the collector's log (own key)"),
     "sim": ("hw_sim.cli", "simulated chargers, vehicles, backends and fleets"),
     "bench": ("agent.bench", "benchmarks: veritrail bench NAME [--quick] --json"),
 }

@@ -84,11 +84,30 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_device
+    store = _store(args)
+    with open(args.output, "wb") as out:
+        summary = export_device(store, args.dev, out, args.from_seq, args.to_seq)
+    print(json.dumps({"output": args.output, **summary}))
+    return 0
+
+
 def _worker(config: CollectorConfig, index: int, stop: threading.Event) -> None:
     from .ingest import Collector
     store = open_store(config.store)
     try:
         Collector(config, store, load_key(config.key_file), worker=index).run(stop)
+    finally:
+        store.close()
+
+
+def _log_integrator(config: CollectorConfig, stop: threading.Event) -> None:
+    """The transparency log's batch integration (one per collector host; see tlog/log.py)."""
+    from .tlog import LogIntegrator, TransparencyLog, log_signer
+    store = open_store(config.store)
+    try:
+        LogIntegrator(TransparencyLog(store, log_signer(load_key(config.key_file)))).run(stop)
     finally:
         store.close()
 
@@ -109,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threads: list[threading.Thread] = []
     procs: list[multiprocessing.process.BaseProcess] = []
+    threads.append(threading.Thread(target=_log_integrator, args=(config, stop), name="collector-tlog"))
     if config.workers == 1:
         threads.append(threading.Thread(target=_worker, args=(config, 0, stop), name="collector-ingest"))
     else:
@@ -168,6 +188,13 @@ def main(argv: list[str]) -> int:
     p = sub.add_parser("devices", help="list enrolled devices")
     p.add_argument("--config", default=os.environ.get("VERITRAIL_COLLECTOR_CONFIG", "collector.toml"))
     p.set_defaults(fn=cmd_devices)
+    p = sub.add_parser("export", help="write a device's stored chain for `veritrail verify`")
+    p.add_argument("--config", default=os.environ.get("VERITRAIL_COLLECTOR_CONFIG", "collector.toml"))
+    p.add_argument("dev")
+    p.add_argument("--from-seq", type=int)
+    p.add_argument("--to-seq", type=int)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(fn=cmd_export)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("VERITRAIL_LOG", "INFO"), format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)

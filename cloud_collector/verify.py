@@ -93,6 +93,7 @@ class _Device:
     def accept(self, outcome: Outcome, records: list[bytes]) -> None:
         cp = outcome.checkpoint
         self.store.save_checkpoint(self.dev, cp, records, outcome.records, self.now)
+        self.store.tlog_queue(self.dev, cp.cp, cp.hash, self.now)  # the log integrates it in its next batch
         self.keys = apply_rotation(self.keys, outcome)
         self.state = outcome.state
         self.added_cps += 1

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -171,24 +170,16 @@ async def traffic(charger_sock: Path, vehicle_sock: Path, clock: Any) -> dict[st
     return out
 
 
-def export_from_collector(db: Path, dev: str, enrollment: Path, out: Path) -> int:
-    """Write the collector's stored chain of ``dev`` as an export file (read-only SQL)."""
-    from agent.core.export import write_export
-    doc = json.loads(enrollment.read_text())
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+def export_from_collector(db: Path, dev: str, out: Path) -> int:
+    """Write the collector's stored chain of ``dev`` as an export file (`veritrail collector export`)."""
+    from cloud_collector.export import export_device
+    from cloud_collector.store.sqlite import SQLiteStore
+    store = SQLiteStore(str(db))
     try:
-        cps = con.execute("SELECT cp, message FROM checkpoints WHERE dev = ? ORDER BY cp", (dev,)).fetchall()
-        items = []
-        for cp, message in cps:
-            recs = [bytes(r[0]) for r in con.execute(
-                "SELECT data FROM records WHERE dev = ? AND cp = ? ORDER BY seq", (dev, cp))]
-            items.append((bytes(message), recs))
+        with open(out, "wb") as fh:
+            return export_device(store, dev, fh)["checkpoints"]
     finally:
-        con.close()
-    header = {"dev": dev, "keys": [{"kid": k["kid"], "alg": k["alg"], "pub": bytes.fromhex(k["pub"])}
-                                   for k in doc["keys"]], "start": None}
-    with open(out, "wb") as fh:
-        return write_export(fh, header, items)
+        store.close()
 
 
 def main() -> int:
@@ -253,7 +244,7 @@ def main() -> int:
         parts.stop()
         dev = "tcu-demo-42"
         exp = root / f"{dev}.export"
-        n = export_from_collector(root / "collector.db", dev, agents[dev].host.enrollment, exp)
+        n = export_from_collector(root / "collector.db", dev, exp)
         say(f"veritrail verify of the collector's copy of {dev} ({n} checkpoints):")
         proc = subprocess.run([sys.executable, "-m", "agent.cli", "verify", str(exp), "--trust",
                                str(agents[dev].host.enrollment)], capture_output=True, text=True, timeout=60)

@@ -73,3 +73,11 @@ def test_bench_wire_reports_bytes_per_record_against_json():
     assert 0 < d["bytes_per_record"] < d["json_bytes_per_record"]
     assert _close(d["ratio"], d["json_bytes_per_record"] / d["bytes_per_record"], 0.05)
     assert d["verify_store_records_per_s"] > 0
+
+
+def test_bench_evidence_reports_appends_and_evidence_against_a_static_answer():
+    d, err = _bench("evidence")
+    assert d["records_stored"] == 100_000 and d["log_tree_size"] > 50_000
+    assert d["log_appends_per_s"] > 0 and d["evidence_p95_ms"] > 0 and d["static_p95_ms"] > 0
+    assert _close(d["evidence_to_static_p95"], d["evidence_p95_ms"] / d["static_p95_ms"], 0.05)
+    assert d["bundle_bytes_median"] > 1000 and "appends/s" in err

@@ -22,6 +22,7 @@ BENCHES: dict[str, str] = {
     "rules": "agent.rules.bench",
     "check": "agent.bench.check",
     "footprint": "hw_sim.bench.footprint",
+    "evidence": "hw_sim.bench.evidence",
 }
 
 

@@ -10,6 +10,9 @@
     ├── LibcryptoUnavailable(reason)         no usable system libcrypto (the cryptography fallback is used)
     ├── LibcryptoError(call)                 a libcrypto call failed on input it had accepted
     ├── ExportMalformed(reason)              an export file that cannot be read
+    ├── LogFormatError(reason)               transparency-log bytes from outside that we refuse (tlog.py, note.py)
+    │   ├── NoteMalformed / TileMalformed / ProofMalformed / EntryMalformed
+    │   └── EvidenceMalformed(reason)        an evidence bundle that cannot be read (evidence.py)
     └── VerifyError(cp, seq)                 the chain does not verify; exactly one per failure
         ├── BadSignature(kid)
         ├── UnknownKey(kid)
@@ -79,6 +82,36 @@ class ExportMalformed(VeritrailError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"malformed export: {reason}")
         self.reason = reason
+
+
+class LogFormatError(VeritrailError):
+    """Bytes of the transparency log or an evidence bundle that are refused; ``what`` names the format."""
+
+    what = "log data"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"malformed {self.what}: {reason}")
+        self.reason = reason
+
+
+class NoteMalformed(LogFormatError):
+    what = "signed note"
+
+
+class TileMalformed(LogFormatError):
+    what = "tile"
+
+
+class ProofMalformed(LogFormatError):
+    what = "proof"
+
+
+class EntryMalformed(LogFormatError):
+    what = "log entry"
+
+
+class EvidenceMalformed(LogFormatError):
+    what = "evidence bundle"
 
 
 class VerifyError(VeritrailError):

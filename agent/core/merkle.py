@@ -102,3 +102,27 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == expected_root
+
+
+def inclusion_proofs(leaves: Sequence[bytes], indices: Sequence[int]) -> list[list[bytes]]:
+    """Audit paths for several leaves of one tree, hashing the tree once (``inclusion_proof``
+    rebuilds it per call)."""
+    for index in indices:
+        if not 0 <= index < len(leaves):
+            raise IndexError(f"leaf {index} not in a tree of {len(leaves)}")
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        up = [_sha256(b"\x01" + a + b).digest() for a, b in zip(level[0::2], level[1::2])]
+        if len(level) & 1:
+            up.append(level[-1])
+        levels.append(up)
+    proofs = []
+    for index in indices:
+        proof, i = [], index
+        for level in levels[:-1]:
+            if (i ^ 1) < len(level):
+                proof.append(level[i ^ 1])
+            i //= 2
+        proofs.append(proof)
+    return proofs

@@ -17,6 +17,7 @@ from agent.core.verify import KeyInfo, VerifyState
 from ..errors import RegistryError, StoreError
 from . import Alert, DeviceRow
 from .migrations import migrations
+from .tlog import TlogStore
 
 _DEVICE_COLS = "dev, enrolled_ms, last_seen_ms, last_cp_ms, records, checkpoints, next_seq, next_cp, boot, status, status_ms"
 
@@ -40,7 +41,7 @@ def _statements(sql: str) -> list[str]:
     return out
 
 
-class SQLiteStore:
+class SQLiteStore(TlogStore):
     def __init__(self, path: str, *, timeout_s: float = 30.0) -> None:
         self.path = path
         try:

@@ -85,3 +85,11 @@ def test_a_sealed_range_has_the_tree_hash_of_its_records_however_they_were_appen
         sealer.append_batch(batch, 10, 20) if size > 1 else sealer.append(batch[0], 10, 20)
     sealed = sealer.seal(mono=10, wall=20, reason="size")
     assert parse(sealed.message).root == merkle.root([leaf_hash(r) for r in sealed.records])
+
+
+@given(st.integers(1, 300), st.data())
+@settings(max_examples=60)
+def test_inclusion_proofs_of_many_leaves_equal_one_at_a_time(n, data):
+    leaves = leaves_of(n)
+    indices = data.draw(st.lists(st.integers(0, n - 1), max_size=10))
+    assert merkle.inclusion_proofs(leaves, indices) == [merkle.inclusion_proof(leaves, i) for i in indices]
